@@ -1,1 +1,168 @@
-//! cairn-store
+//! Cairn's [`Store`](cairn_core::Store) on SQLite (embedded, the default) and PostgreSQL.
+//!
+//! One implementation serves both databases through `sqlx::Any`: the SQL is portable (`$N`
+//! placeholders, `ON CONFLICT`, `RETURNING`), and only the schema files and transaction start
+//! differ per backend. Each trait method is one transaction, committed before it returns.
+//!
+//! SQLite runs in WAL mode with `synchronous = FULL`, so an acknowledged write survives a crash
+//! of the process and of the machine. Writes go through a single connection (SQLite allows one
+//! writer at a time; queueing in the pool is cheaper than lock retries) and start with
+//! `BEGIN IMMEDIATE`, so another process writing the same file (`cairn user add`) waits on the
+//! busy timeout instead of failing. Reads use a pool of their own. On PostgreSQL one pool
+//! serves both, and several Cairn processes may share the database.
+
+mod accounts;
+mod migrate;
+mod server_keys;
+mod user_data;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use cairn_core::store::{StoreError, StoreResult};
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
+use sqlx::{Any, AnyPool, Executor, Transaction};
+
+/// How long SQLite waits for another process's write lock before giving up.
+const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Embedded SQLite file.
+    Sqlite,
+    /// A PostgreSQL server.
+    Postgres,
+}
+
+/// How to open a store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: String,
+    /// Size of the (read) connection pool.
+    pub max_connections: u32,
+}
+
+/// The SQL store.
+#[derive(Clone)]
+pub struct SqlStore {
+    backend: Backend,
+    read: AnyPool,
+    write: AnyPool,
+}
+
+impl SqlStore {
+    /// Opens (creating if needed) the database at `options.url` and applies pending migrations.
+    pub async fn open(options: &StoreOptions) -> StoreResult<Self> {
+        sqlx::any::install_default_drivers();
+        let backend = backend_of(&options.url)?;
+        let url = match backend {
+            Backend::Sqlite if !options.url.contains("mode=") => {
+                let sep = if options.url.contains('?') { '&' } else { '?' };
+                format!("{}{sep}mode=rwc", options.url)
+            }
+            _ => options.url.clone(),
+        };
+        let connect = AnyConnectOptions::from_str(&url).map_err(backend_err)?;
+        let store = match backend {
+            Backend::Sqlite => {
+                let pool = |size: u32| {
+                    AnyPoolOptions::new()
+                        .max_connections(size)
+                        .acquire_timeout(Duration::from_secs(30))
+                        .after_connect(|conn, _| {
+                            Box::pin(async move {
+                                conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+                                    "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
+                                     PRAGMA synchronous = FULL;"
+                                ))))
+                                .await?;
+                                Ok(())
+                            })
+                        })
+                        .connect_with(connect.clone())
+                };
+                let write = pool(1).await.map_err(backend_err)?;
+                // WAL is a property of the file; set it once, before readers open it.
+                write
+                    .execute("PRAGMA journal_mode = WAL")
+                    .await
+                    .map_err(backend_err)?;
+                let read = pool(options.max_connections.max(1))
+                    .await
+                    .map_err(backend_err)?;
+                Self {
+                    backend,
+                    read,
+                    write,
+                }
+            }
+            Backend::Postgres => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(options.max_connections.max(2))
+                    .acquire_timeout(Duration::from_secs(30))
+                    .connect_with(connect)
+                    .await
+                    .map_err(backend_err)?;
+                Self {
+                    backend,
+                    read: pool.clone(),
+                    write: pool,
+                }
+            }
+        };
+        migrate::run(&store).await?;
+        Ok(store)
+    }
+
+    /// The database this store runs on.
+    pub fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// Closes every connection (on shutdown), after in-flight work finished.
+    pub async fn close(&self) {
+        self.write.close().await;
+        self.read.close().await;
+    }
+
+    /// Starts a write transaction (`BEGIN IMMEDIATE` on SQLite, see the crate docs).
+    async fn begin(&self) -> StoreResult<Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await,
+            Backend::Postgres => self.write.begin().await,
+        }
+        .map_err(backend_err)
+    }
+}
+
+/// Which backend a database URL names.
+pub fn backend_of(url: &str) -> StoreResult<Backend> {
+    if url.starts_with("sqlite:") {
+        Ok(Backend::Sqlite)
+    } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(Backend::Postgres)
+    } else {
+        Err(StoreError::Backend(format!(
+            "unsupported database URL (expected sqlite:// or postgres://): {url}"
+        )))
+    }
+}
+
+fn backend_err(err: sqlx::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
+/// Milliseconds as stored (BIGINT).
+fn ms(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Milliseconds as read back.
+fn from_ms(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+#[cfg(feature = "testing")]
+pub mod testing;
