@@ -1,7 +1,6 @@
 //! Rules for the identifiers that users choose or that the server generates.
 
 use rand::RngExt;
-use rand::distr::Alphanumeric;
 use ruma::{OwnedDeviceId, OwnedUserId, ServerName, UserId};
 
 use crate::error::{Error, ErrorKind, Result};

@@ -65,6 +65,11 @@ pub fn random_string(bytes: usize) -> String {
     URL_SAFE_NO_PAD.encode(buf)
 }
 
+/// `len` random ASCII letters and digits.
+pub fn random_alphanumeric(len: usize) -> String {
+    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+}
+
 /// The stored form of an access token: its SHA-256, hex-encoded.
 pub fn token_hash(token: &str) -> String {
     let digest = Sha256::digest(token.as_bytes());

@@ -1,1 +1,11 @@
-//! cairn-federation
+//! Cairn's server identity and federation transport.
+//!
+//! Today: the server's Ed25519 signing key ([`identity`]) with the signed key document served at
+//! `/_matrix/key/v2/server`, and the self-signed TLS certificate for the federation listener
+//! ([`tls`]). X-Matrix request signing, server discovery and the durable outbound sender join
+//! this crate with federation proper.
+
+pub mod identity;
+pub mod tls;
+
+pub use identity::ServerIdentity;
