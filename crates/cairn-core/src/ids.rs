@@ -61,12 +61,10 @@ pub fn login_user_id(input: &str, server_name: &ServerName) -> Option<OwnedUserI
 
 /// A fresh random localpart for a registration that named none.
 pub fn generated_localpart() -> String {
-    let suffix: String = rand::rng()
-        .sample_iter(Alphanumeric)
-        .take(10)
-        .map(char::from)
-        .collect();
-    format!("u{}", suffix.to_lowercase())
+    format!(
+        "u{}",
+        crate::secrets::random_alphanumeric(10).to_lowercase()
+    )
 }
 
 /// A fresh random device ID: ten upper-case letters, like Synapse's.

@@ -67,7 +67,11 @@ pub fn random_string(bytes: usize) -> String {
 
 /// `len` random ASCII letters and digits.
 pub fn random_alphanumeric(len: usize) -> String {
-    rand::rng().sample_iter(rand::distr::Alphanumeric).take(len).map(char::from).collect()
+    rand::rng()
+        .sample_iter(rand::distr::Alphanumeric)
+        .take(len)
+        .map(char::from)
+        .collect()
 }
 
 /// The stored form of an access token: its SHA-256, hex-encoded.

@@ -47,7 +47,10 @@ impl ServerIdentity {
         let stored = store.signing_key_or_insert(&candidate).await?;
         let key_pair = Ed25519KeyPair::from_der(&stored.pkcs8, stored.version)
             .map_err(|e| IdentityError::BadKey(e.to_string()))?;
-        Ok(Self { server_name, key_pair: Arc::new(key_pair) })
+        Ok(Self {
+            server_name,
+            key_pair: Arc::new(key_pair),
+        })
     }
 
     /// The server name.
@@ -66,7 +69,10 @@ impl ServerIdentity {
     }
 
     /// Signs a JSON object in place (adds `signatures.<server_name>.<key_id>`).
-    pub fn sign_json(&self, object: &mut CanonicalJsonObject) -> Result<(), ruma::signatures::JsonError> {
+    pub fn sign_json(
+        &self,
+        object: &mut CanonicalJsonObject,
+    ) -> Result<(), ruma::signatures::JsonError> {
         ruma::signatures::sign_json(self.server_name.as_str(), &*self.key_pair, object)
     }
 
@@ -82,7 +88,8 @@ impl ServerIdentity {
             Ok(ruma::CanonicalJsonValue::Object(object)) => object,
             _ => unreachable!("a literal object with integer timestamps is canonical JSON"),
         };
-        self.sign_json(&mut object).expect("a fresh object without signatures can be signed");
+        self.sign_json(&mut object)
+            .expect("a fresh object without signatures can be signed");
         serde_json::to_value(object).expect("canonical JSON is JSON")
     }
 
@@ -94,7 +101,10 @@ impl ServerIdentity {
 
 impl std::fmt::Debug for ServerIdentity {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ServerIdentity").field("server_name", &self.server_name).field("key_id", &self.key_id()).finish()
+        f.debug_struct("ServerIdentity")
+            .field("server_name", &self.server_name)
+            .field("key_id", &self.key_id())
+            .finish()
     }
 }
 
@@ -108,24 +118,37 @@ mod tests {
     async fn key_is_created_once_and_documents_verify() {
         let store = MemoryStore::new();
         let name: OwnedServerName = "example.org".try_into().unwrap();
-        let first = ServerIdentity::load_or_create(&store, name.clone(), 1).await.unwrap();
-        let second = ServerIdentity::load_or_create(&store, name.clone(), 2).await.unwrap();
+        let first = ServerIdentity::load_or_create(&store, name.clone(), 1)
+            .await
+            .unwrap();
+        let second = ServerIdentity::load_or_create(&store, name.clone(), 2)
+            .await
+            .unwrap();
         assert_eq!(first.key_id(), second.key_id());
         assert_eq!(first.public_key_base64(), second.public_key_base64());
         assert!(first.key_id().starts_with("ed25519:a_"));
 
         let doc = first.key_document(1_000);
         assert_eq!(doc["valid_until_ts"], 1_000 + KEY_VALIDITY_MS);
-        assert_eq!(doc["verify_keys"][first.key_id()]["key"], first.public_key_base64());
+        assert_eq!(
+            doc["verify_keys"][first.key_id()]["key"],
+            first.public_key_base64()
+        );
         let object: CanonicalJsonObject = serde_json::from_value(doc.clone()).unwrap();
         let mut keys = PublicKeySet::new();
-        keys.insert(first.key_id(), ruma::serde::Base64::parse(first.public_key_base64()).unwrap());
+        keys.insert(
+            first.key_id(),
+            ruma::serde::Base64::parse(first.public_key_base64()).unwrap(),
+        );
         let mut map = PublicKeyMap::new();
         map.insert("example.org".into(), keys);
         verify_json(&map, &object).expect("the key document verifies with its own key");
 
         let mut tampered = object.clone();
-        tampered.insert("valid_until_ts".into(), ruma::CanonicalJsonValue::Integer(5u32.into()));
+        tampered.insert(
+            "valid_until_ts".into(),
+            ruma::CanonicalJsonValue::Integer(5u32.into()),
+        );
         assert!(verify_json(&map, &tampered).is_err());
     }
 }

@@ -15,7 +15,10 @@ pub struct TlsFiles {
 /// Returns `dir/tls.crt` and `dir/tls.key`, creating a self-signed pair for `names` (DNS
 /// names or IP addresses) if they do not exist yet.
 pub fn self_signed_in(dir: &Path, names: &[String]) -> std::io::Result<TlsFiles> {
-    let files = TlsFiles { cert: dir.join("tls.crt"), key: dir.join("tls.key") };
+    let files = TlsFiles {
+        cert: dir.join("tls.crt"),
+        key: dir.join("tls.key"),
+    };
     if files.cert.exists() && files.key.exists() {
         return Ok(files);
     }
@@ -47,9 +50,17 @@ mod tests {
         let files = self_signed_in(&dir, &["localhost".into(), "127.0.0.1".into()]).unwrap();
         let pem = std::fs::read_to_string(&files.cert).unwrap();
         assert!(pem.starts_with("-----BEGIN CERTIFICATE-----"));
-        assert!(std::fs::read_to_string(&files.key).unwrap().contains("PRIVATE KEY"));
+        assert!(
+            std::fs::read_to_string(&files.key)
+                .unwrap()
+                .contains("PRIVATE KEY")
+        );
         let again = self_signed_in(&dir, &["other".into()]).unwrap();
-        assert_eq!(std::fs::read_to_string(&again.cert).unwrap(), pem, "kept, not regenerated");
+        assert_eq!(
+            std::fs::read_to_string(&again.cert).unwrap(),
+            pem,
+            "kept, not regenerated"
+        );
         std::fs::remove_dir_all(dir).unwrap();
     }
 }
