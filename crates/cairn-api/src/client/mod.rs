@@ -1,0 +1,61 @@
+//! The client-server API (`/_matrix/client`).
+
+mod account;
+mod devices;
+mod discovery;
+mod user_data;
+
+use axum::Router;
+use axum::routing::{get, post};
+
+use crate::AppState;
+
+pub(crate) fn router() -> Router<AppState> {
+    // Each endpoint under v3, and under r0 for clients that still use the old prefix.
+    let versioned = Router::new()
+        .route("/register", post(account::register))
+        .route("/register/available", get(account::username_available))
+        .route("/login", get(account::login_flows).post(account::login))
+        .route("/logout", post(account::logout))
+        .route("/logout/all", post(account::logout_all))
+        .route("/account/whoami", get(account::whoami))
+        .route("/devices", get(devices::list))
+        .route(
+            "/devices/{device_id}",
+            get(devices::get)
+                .put(devices::rename)
+                .delete(devices::delete),
+        )
+        .route("/delete_devices", post(devices::delete_many))
+        .route("/capabilities", get(discovery::capabilities))
+        .route(
+            "/user/{user_id}/account_data/{data_type}",
+            get(user_data::get_account_data).put(user_data::put_account_data),
+        )
+        .route("/user/{user_id}/filter", post(user_data::create_filter))
+        .route(
+            "/user/{user_id}/filter/{filter_id}",
+            get(user_data::get_filter),
+        )
+        .route("/profile/{user_id}", get(user_data::profile))
+        .route(
+            "/profile/{user_id}/displayname",
+            get(user_data::displayname).put(user_data::set_displayname),
+        )
+        .route(
+            "/profile/{user_id}/avatar_url",
+            get(user_data::avatar_url).put(user_data::set_avatar_url),
+        );
+    Router::new()
+        .route("/_matrix/client/versions", get(discovery::versions))
+        .route(
+            "/.well-known/matrix/client",
+            get(discovery::well_known_client),
+        )
+        .route(
+            "/.well-known/matrix/server",
+            get(discovery::well_known_server),
+        )
+        .nest("/_matrix/client/v3", versioned.clone())
+        .nest("/_matrix/client/r0", versioned)
+}

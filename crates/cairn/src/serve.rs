@@ -1,0 +1,211 @@
+//! `cairn serve`: open the store, load the identity, bind both listeners, run until a signal.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+use cairn_api::{ApiSettings, AppState};
+use cairn_core::clock::SystemClock;
+use cairn_core::{Clock, CoreConfig, Homeserver};
+use cairn_federation::{ServerIdentity, tls};
+use cairn_store::{SqlStore, StoreOptions};
+
+use crate::config::Config;
+
+/// How long in-flight requests may take to finish after a shutdown signal.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Opens the store and builds the homeserver that both `serve` and `user add` use.
+pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore)> {
+    let server_name = ruma::ServerName::parse(&config.server_name)
+        .with_context(|| format!("invalid server_name {:?}", config.server_name))?;
+    std::fs::create_dir_all(&config.data_dir)
+        .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
+    let url = config.database_url();
+    let store = SqlStore::open(&StoreOptions {
+        url: url.clone(),
+        max_connections: config.database.max_connections,
+    })
+    .await
+    .with_context(|| format!("cannot open database {}", redact(&url)))?;
+    let mut core = CoreConfig::new(server_name);
+    core.registration_open = config.registration.open;
+    Ok((
+        Homeserver::new(core, Arc::new(store.clone()), Arc::new(SystemClock)),
+        store,
+    ))
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let (hs, store) = homeserver(&config).await?;
+    let identity = ServerIdentity::load_or_create(
+        &store,
+        hs.config().server_name.clone(),
+        SystemClock.now_ms(),
+    )
+    .await
+    .context("cannot load the signing key")?;
+    let tls_files = match (&config.tls.cert, &config.tls.key) {
+        (Some(cert), Some(key)) => tls::TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+        },
+        (None, None) => {
+            let host = hs.config().server_name.host().to_owned();
+            tls::self_signed_in(
+                &config.data_dir,
+                &[host, "localhost".into(), "127.0.0.1".into()],
+            )
+            .context("cannot create the TLS certificate")?
+        }
+        _ => anyhow::bail!("tls.cert and tls.key must be set together"),
+    };
+    let metrics = if config.metrics.enabled {
+        Some(cairn_api::install_recorder().map_err(|e| anyhow::anyhow!("metrics: {e}"))?)
+    } else {
+        None
+    };
+
+    let client_listener = tokio::net::TcpListener::bind(config.listeners.client)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listeners.client))?;
+    let client_addr = client_listener.local_addr()?;
+    let federation_listener = std::net::TcpListener::bind(config.listeners.federation)
+        .with_context(|| format!("cannot listen on {}", config.listeners.federation))?;
+    federation_listener.set_nonblocking(true)?;
+    let federation_addr = federation_listener.local_addr()?;
+
+    let settings = ApiSettings {
+        max_request_bytes: config.limits.max_request_bytes,
+        public_baseurl: config
+            .public_baseurl
+            .clone()
+            .unwrap_or_else(|| format!("http://{client_addr}")),
+        federation_address: federation_address(hs.config().server_name.as_str()),
+    };
+    let state = AppState {
+        hs: hs.clone(),
+        identity,
+        settings: Arc::new(settings),
+        metrics,
+    };
+    let client_app =
+        cairn_api::client_router(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let federation_app =
+        cairn_api::federation_router(state).into_make_service_with_connect_info::<SocketAddr>();
+
+    let tls_config = RustlsConfig::from_pem_file(&tls_files.cert, &tls_files.key)
+        .await
+        .context("cannot load the TLS certificate")?;
+    let federation_handle = axum_server::Handle::new();
+    let federation = axum_server::from_tcp_rustls(federation_listener, tls_config)?
+        .handle(federation_handle.clone())
+        .serve(federation_app);
+
+    println!(
+        "Cairn {} is serving {}",
+        env!("CARGO_PKG_VERSION"),
+        hs.config().server_name
+    );
+    println!("  client API:  http://{client_addr}");
+    println!("  federation:  https://{federation_addr}");
+    println!("  database:    {}", redact(&config.database_url()));
+    if config.registration.open {
+        println!("  registration is open");
+    } else {
+        println!("  registration is closed; create a user with: cairn user add NAME");
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let client = axum::serve(client_listener, client_app).with_graceful_shutdown({
+        let mut stop = stop_rx.clone();
+        async move {
+            let _ = stop.changed().await;
+        }
+    });
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down");
+        let _ = stop_tx.send(true);
+        federation_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    });
+    let (client, federation) = tokio::join!(client.into_future(), federation);
+    client.context("client listener failed")?;
+    federation.context("federation listener failed")?;
+    store.close().await;
+    println!("Cairn stopped");
+    Ok(())
+}
+
+/// Where other servers should connect: the server name if it carries a port, else port 8448.
+fn federation_address(server_name: &str) -> String {
+    let has_port = server_name
+        .rsplit_once(':')
+        .is_some_and(|(_, port)| port.parse::<u16>().is_ok())
+        && !server_name.ends_with(']');
+    if has_port {
+        server_name.to_owned()
+    } else {
+        format!("{server_name}:8448")
+    }
+}
+
+/// A database URL with any password removed, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("installing a SIGTERM handler cannot fail on Unix");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn federation_address_defaults_to_8448() {
+        assert_eq!(federation_address("example.org"), "example.org:8448");
+        assert_eq!(federation_address("localhost:8448"), "localhost:8448");
+        assert_eq!(federation_address("[::1]"), "[::1]:8448");
+        assert_eq!(federation_address("[::1]:9000"), "[::1]:9000");
+    }
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(
+            redact("postgres://cairn:secret@db:5432/cairn"),
+            "postgres://cairn:***@db:5432/cairn"
+        );
+        assert_eq!(
+            redact("postgres://cairn@db/cairn"),
+            "postgres://cairn@db/cairn"
+        );
+        assert_eq!(
+            redact("sqlite://./cairn-data/cairn.db"),
+            "sqlite://./cairn-data/cairn.db"
+        );
+    }
+}
