@@ -3,11 +3,11 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Query, Request};
 use axum::http::{header, request::Parts};
 use cairn_core::ErrorKind;
 use cairn_core::accounts::Requester;
+use http_body_util::BodyExt;
 use serde::de::DeserializeOwned;
 
 use crate::{ApiError, AppState};
@@ -55,25 +55,35 @@ pub struct JsonBody<T>(pub T);
 /// optional, such as `DELETE /devices/{id}`).
 pub struct OptionalJsonBody<T>(pub T);
 
+/// A body past the limit is still read (and dropped) up to this size, so that the client gets
+/// its 413 instead of a reset connection; anything larger is cut off.
+const DRAIN_CAP_BYTES: usize = 16 * 1024 * 1024;
+
 async fn read_body(req: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
     let limit = state.settings.max_request_bytes;
-    let too_large = || {
-        ApiError::new(
+    let mut body = req.into_body();
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(frame) = frame else { break };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
+        seen += data.len();
+        if seen > DRAIN_CAP_BYTES {
+            break;
+        }
+        if seen <= limit {
+            buf.extend_from_slice(data);
+        }
+    }
+    if seen > limit {
+        return Err(ApiError::new(
             ErrorKind::TooLarge,
             format!("Request body is larger than {limit} bytes"),
-        )
-    };
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(too_large());
+        ));
     }
-    axum::body::to_bytes(Body::new(req.into_body()), limit)
-        .await
-        .map_err(|_| too_large())
+    Ok(buf.freeze())
 }
 
 fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {

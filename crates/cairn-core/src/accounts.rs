@@ -106,12 +106,10 @@ impl Homeserver {
         self.authorize(UiaOperation::Register, None, req.auth.clone())
             .await?;
         let localpart = localpart.unwrap_or_else(ids::generated_localpart);
-        let device = (!req.inhibit_login).then(|| {
-            (
-                req.device_id.as_deref(),
-                req.initial_device_display_name.as_deref(),
-            )
-        });
+        let device = (!req.inhibit_login).then_some((
+            req.device_id.as_deref(),
+            req.initial_device_display_name.as_deref(),
+        ));
         self.create_account(&localpart, req.password, device).await
     }
 

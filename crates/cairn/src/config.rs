@@ -230,6 +230,8 @@ impl ConfigArgs {
 }
 
 #[cfg(test)]
+// figment's Jail closures must return figment's (large) error type.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
 

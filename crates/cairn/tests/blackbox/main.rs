@@ -1,0 +1,13 @@
+//! Black-box tests: the real `cairn` binary on loopback ports, spoken to over HTTP.
+//!
+//! Every case runs once on SQLite and once on PostgreSQL (see `both_backends!`).
+
+mod harness;
+
+mod accounts;
+mod cli;
+mod devices;
+mod durability;
+mod errors;
+mod server;
+mod user_data;
