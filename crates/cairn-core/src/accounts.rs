@@ -195,6 +195,7 @@ impl Homeserver {
             req.initial_device_display_name.as_deref(),
         )?;
         self.store().add_device_token(&device).await?;
+        self.notify_device_list_change(&user_id).await?;
         Ok(session)
     }
 
@@ -223,15 +224,16 @@ impl Homeserver {
     /// `POST /logout`: the token's device is deleted, and with it every token it holds.
     pub async fn logout(&self, requester: &Requester) -> Result<()> {
         let devices = [requester.device_id.clone()];
-        Ok(self
-            .store()
+        self.store()
             .delete_devices(&requester.user_id, &devices)
-            .await?)
+            .await?;
+        self.notify_device_list_change(&requester.user_id).await
     }
 
     /// `POST /logout/all`: every device of the user is deleted.
     pub async fn logout_all(&self, requester: &Requester) -> Result<()> {
-        Ok(self.store().delete_all_devices(&requester.user_id).await?)
+        self.store().delete_all_devices(&requester.user_id).await?;
+        self.notify_device_list_change(&requester.user_id).await
     }
 
     /// `GET /devices`.
@@ -262,7 +264,7 @@ impl Homeserver {
             .set_device_display_name(user_id, device_id, display_name)
             .await?
         {
-            Ok(())
+            self.notify_device_list_change(user_id).await
         } else {
             Err(Error::not_found("Unknown device"))
         }
@@ -278,10 +280,10 @@ impl Homeserver {
     ) -> Result<()> {
         self.authorize(UiaOperation::DeleteDevices, Some(&requester.user_id), auth)
             .await?;
-        Ok(self
-            .store()
+        self.store()
             .delete_devices(&requester.user_id, device_ids)
-            .await?)
+            .await?;
+        self.notify_device_list_change(&requester.user_id).await
     }
 
     /// A device record and a fresh token for it (not yet stored).

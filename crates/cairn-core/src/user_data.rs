@@ -88,10 +88,11 @@ impl Homeserver {
             ));
         }
         ensure_object(content)?;
-        Ok(self
-            .store()
+        self.store()
             .put_account_data(target, data_type, content)
-            .await?)
+            .await?;
+        self.notifier().notify(&[target]);
+        Ok(())
     }
 
     /// Stores a filter for the requester and returns its ID.

@@ -6,7 +6,17 @@ use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use sqlx::any::AnyRow;
 use sqlx::{Any, Row, Transaction};
 
-use crate::{SqlStore, backend_err, from_ms, ms};
+use crate::{SqlStore, backend_err, from_ms, ms, record_device_list_change};
+
+/// Tables holding per-device state, all emptied when a device is deleted.
+const DEVICE_TABLES: [&str; 6] = [
+    "access_tokens",
+    "device_keys",
+    "one_time_keys",
+    "fallback_keys",
+    "to_device_inbox",
+    "devices",
+];
 
 fn user_id(row: &AnyRow, column: &str) -> StoreResult<OwnedUserId> {
     let raw: String = row.try_get(column).map_err(backend_err)?;
@@ -28,12 +38,12 @@ fn device_record(row: &AnyRow) -> StoreResult<DeviceRecord> {
     })
 }
 
-/// Creates the device unless it exists, then adds the token, inside `tx`.
+/// Creates the device unless it exists (a device-list change), then adds the token, inside `tx`.
 async fn add_device_token(
     tx: &mut Transaction<'static, Any>,
     device: &NewDevice,
 ) -> StoreResult<()> {
-    sqlx::query(
+    let created = sqlx::query(
         "INSERT INTO devices (user_id, device_id, display_name, created_ms) VALUES ($1, $2, $3, $4) \
          ON CONFLICT (user_id, device_id) DO NOTHING",
     )
@@ -44,6 +54,9 @@ async fn add_device_token(
     .execute(&mut **tx)
     .await
     .map_err(backend_err)?;
+    if created.rows_affected() > 0 {
+        record_device_list_change(tx, device.user_id.as_str()).await?;
+    }
     sqlx::query(
         "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ms) VALUES ($1, $2, $3, $4)",
     )
@@ -196,16 +209,22 @@ impl DeviceStore for SqlStore {
         device_id: &DeviceId,
         display_name: Option<&str>,
     ) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE devices SET display_name = $1 WHERE user_id = $2 AND device_id = $3",
         )
         .bind(display_name)
         .bind(user_id.as_str())
         .bind(device_id.as_str())
-        .execute(&self.write)
+        .execute(&mut *tx)
         .await
         .map_err(backend_err)?;
-        Ok(done.rows_affected() > 0)
+        if done.rows_affected() == 0 {
+            return Ok(false);
+        }
+        record_device_list_change(&mut tx, user_id.as_str()).await?;
+        tx.commit().await.map_err(backend_err)?;
+        Ok(true)
     }
 
     async fn delete_devices(
@@ -214,9 +233,10 @@ impl DeviceStore for SqlStore {
         device_ids: &[OwnedDeviceId],
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
+        let mut removed = 0;
         for device_id in device_ids {
-            for table in ["access_tokens", "devices"] {
-                sqlx::query(sqlx::AssertSqlSafe(format!(
+            for table in DEVICE_TABLES {
+                let done = sqlx::query(sqlx::AssertSqlSafe(format!(
                     "DELETE FROM {table} WHERE user_id = $1 AND device_id = $2"
                 )))
                 .bind(user_id.as_str())
@@ -224,22 +244,34 @@ impl DeviceStore for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(backend_err)?;
+                if table == "devices" {
+                    removed += done.rows_affected();
+                }
             }
+        }
+        if removed > 0 {
+            record_device_list_change(&mut tx, user_id.as_str()).await?;
         }
         tx.commit().await.map_err(backend_err)
     }
 
     async fn delete_all_devices(&self, user_id: &UserId) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        for sql in [
-            "DELETE FROM access_tokens WHERE user_id = $1",
-            "DELETE FROM devices WHERE user_id = $1",
-        ] {
-            sqlx::query(sql)
-                .bind(user_id.as_str())
-                .execute(&mut *tx)
-                .await
-                .map_err(backend_err)?;
+        let mut removed = 0;
+        for table in DEVICE_TABLES {
+            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE user_id = $1"
+            )))
+            .bind(user_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+            if table == "devices" {
+                removed += done.rows_affected();
+            }
+        }
+        if removed > 0 {
+            record_device_list_change(&mut tx, user_id.as_str()).await?;
         }
         tx.commit().await.map_err(backend_err)
     }

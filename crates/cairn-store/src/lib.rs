@@ -12,6 +12,7 @@
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
+mod e2ee;
 mod migrate;
 mod server_keys;
 mod user_data;
@@ -135,6 +136,32 @@ impl SqlStore {
         }
         .map_err(backend_err)
     }
+}
+
+/// Takes the next stream position inside `tx`. The counter row stays locked until `tx` ends,
+/// so positions commit in order (see `cairn_core::store::e2ee`).
+async fn next_position(tx: &mut Transaction<'static, Any>) -> StoreResult<u64> {
+    let pos: i64 =
+        sqlx::query_scalar("UPDATE stream_position SET pos = pos + 1 WHERE id = 1 RETURNING pos")
+            .fetch_one(&mut **tx)
+            .await
+            .map_err(backend_err)?;
+    Ok(from_ms(pos))
+}
+
+/// Records, at a new stream position, that `user_id`'s device list changed.
+async fn record_device_list_change(
+    tx: &mut Transaction<'static, Any>,
+    user_id: &str,
+) -> StoreResult<u64> {
+    let pos = next_position(tx).await?;
+    sqlx::query("INSERT INTO device_list_changes (stream_pos, user_id) VALUES ($1, $2)")
+        .bind(ms(pos))
+        .bind(user_id)
+        .execute(&mut **tx)
+        .await
+        .map_err(backend_err)?;
+    Ok(pos)
 }
 
 /// Which backend a database URL names.

@@ -8,11 +8,18 @@ use sqlx::{AssertSqlSafe, Executor, Row};
 use crate::{Backend, SqlStore, backend_err};
 
 /// `(version, SQLite script, PostgreSQL script)`, in order. Never edit a released entry.
-const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    include_str!("../migrations/sqlite/0001_accounts.sql"),
-    include_str!("../migrations/postgres/0001_accounts.sql"),
-)];
+const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        include_str!("../migrations/sqlite/0001_accounts.sql"),
+        include_str!("../migrations/postgres/0001_accounts.sql"),
+    ),
+    (
+        2,
+        include_str!("../migrations/sqlite/0002_e2ee.sql"),
+        include_str!("../migrations/postgres/0002_e2ee.sql"),
+    ),
+];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.
 const PG_MIGRATION_LOCK: i64 = 0x0CA1_4E00;

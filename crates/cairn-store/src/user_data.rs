@@ -6,7 +6,7 @@ use ruma::UserId;
 use serde_json::value::RawValue;
 use sqlx::Row;
 
-use crate::{SqlStore, backend_err};
+use crate::{SqlStore, backend_err, ms, next_position};
 
 fn raw_json(text: String) -> StoreResult<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| StoreError::Backend(format!("bad stored JSON: {e}")))
@@ -83,17 +83,20 @@ impl UserDataStore for SqlStore {
         data_type: &str,
         content: &RawValue,
     ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        let pos = next_position(&mut tx).await?;
         sqlx::query(
-            "INSERT INTO account_data (user_id, room_id, data_type, content) VALUES ($1, '', $2, $3) \
-             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content",
+            "INSERT INTO account_data (user_id, room_id, data_type, content, stream_pos) VALUES ($1, '', $2, $3, $4) \
+             ON CONFLICT (user_id, room_id, data_type) DO UPDATE SET content = excluded.content, stream_pos = excluded.stream_pos",
         )
         .bind(user_id.as_str())
         .bind(data_type)
         .bind(content.get())
-        .execute(&self.write)
+        .bind(ms(pos))
+        .execute(&mut *tx)
         .await
         .map_err(backend_err)?;
-        Ok(())
+        tx.commit().await.map_err(backend_err)
     }
 
     async fn create_filter(&self, user_id: &UserId, filter: &RawValue) -> StoreResult<String> {

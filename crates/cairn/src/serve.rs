@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use cairn_api::{ApiSettings, AppState};
 use cairn_core::clock::SystemClock;
+use cairn_core::notify::LocalNotifier;
 use cairn_core::{Clock, CoreConfig, Homeserver};
 use cairn_federation::{ServerIdentity, tls};
 use cairn_store::{SqlStore, StoreOptions};
@@ -33,7 +34,12 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore
     let mut core = CoreConfig::new(server_name);
     core.registration_open = config.registration.open;
     Ok((
-        Homeserver::new(core, Arc::new(store.clone()), Arc::new(SystemClock)),
+        Homeserver::new(
+            core,
+            Arc::new(store.clone()),
+            Arc::new(SystemClock),
+            Arc::new(LocalNotifier::new()),
+        ),
         store,
     ))
 }

@@ -3,10 +3,12 @@
 mod account;
 mod devices;
 mod discovery;
+mod keys;
+mod sync;
 mod user_data;
 
 use axum::Router;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 
 use crate::AppState;
 
@@ -28,6 +30,15 @@ pub(crate) fn router() -> Router<AppState> {
         )
         .route("/delete_devices", post(devices::delete_many))
         .route("/capabilities", get(discovery::capabilities))
+        .route("/keys/upload", post(keys::upload))
+        .route("/keys/query", post(keys::query))
+        .route("/keys/claim", post(keys::claim))
+        .route("/keys/changes", get(keys::changes))
+        .route(
+            "/sendToDevice/{event_type}/{txn_id}",
+            put(keys::send_to_device),
+        )
+        .route("/sync", get(sync::sync))
         .route(
             "/user/{user_id}/account_data/{data_type}",
             get(user_data::get_account_data).put(user_data::put_account_data),

@@ -2,22 +2,14 @@
 
 use std::sync::Arc;
 
-use ruma::{OwnedDeviceId, server_name};
+use ruma::OwnedDeviceId;
 
 use super::*;
-use crate::CoreConfig;
 use crate::clock::FakeClock;
-use crate::memory_store::MemoryStore;
 use crate::uia::{AuthData, UserIdentifier};
 
 fn homeserver(open: bool) -> (Homeserver, Arc<FakeClock>) {
-    let mut config = CoreConfig::new(server_name!("example.org").to_owned());
-    config.registration_open = open;
-    let clock = Arc::new(FakeClock::new(1_700_000_000_000));
-    (
-        Homeserver::new(config, Arc::new(MemoryStore::new()), clock.clone()),
-        clock,
-    )
+    crate::testing::homeserver(open)
 }
 
 fn dummy(session: Option<String>) -> Option<AuthData> {

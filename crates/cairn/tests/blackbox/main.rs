@@ -8,6 +8,7 @@ mod accounts;
 mod cli;
 mod devices;
 mod durability;
+mod e2ee;
 mod errors;
 mod server;
 mod user_data;

@@ -12,8 +12,8 @@ use ruma::{OwnedDeviceId, UserId, user_id};
 use serde_json::value::RawValue;
 
 /// A store and whatever keeps its database alive; `reopen` gives a second handle on the same data.
-struct Harness {
-    store: SqlStore,
+pub(crate) struct Harness {
+    pub(crate) store: SqlStore,
     url: String,
     _keep: Box<dyn std::any::Any + Send>,
 }
@@ -64,7 +64,16 @@ macro_rules! conformance {
     };
 }
 
+mod e2ee;
+use e2ee::*;
+
 conformance!(
+    keys_are_written_and_read_back_exactly,
+    claims_take_one_time_keys_in_upload_order_then_the_fallback,
+    concurrent_claims_never_hand_out_a_key_twice,
+    deleting_a_device_deletes_its_keys_and_inbox,
+    to_device_batches_are_deduplicated_and_paged,
+    positions_order_account_data_and_device_list_changes,
     users_are_unique_and_conflicts_write_nothing,
     tokens_belong_to_devices_and_die_with_them,
     logging_in_again_keeps_the_device,
@@ -76,11 +85,11 @@ conformance!(
     concurrent_registrations_of_one_name_let_one_win,
 );
 
-fn alice() -> &'static UserId {
+pub(crate) fn alice() -> &'static UserId {
     user_id!("@alice:example.org")
 }
 
-fn new_user(user_id: &UserId) -> NewUser {
+pub(crate) fn new_user(user_id: &UserId) -> NewUser {
     NewUser {
         user_id: user_id.to_owned(),
         password_hash: Some("$argon2id$fake".into()),
@@ -89,7 +98,7 @@ fn new_user(user_id: &UserId) -> NewUser {
     }
 }
 
-fn new_device(user_id: &UserId, device_id: &str, token_hash: &str) -> NewDevice {
+pub(crate) fn new_device(user_id: &UserId, device_id: &str, token_hash: &str) -> NewDevice {
     NewDevice {
         user_id: user_id.to_owned(),
         device_id: device_id.into(),
@@ -99,7 +108,7 @@ fn new_device(user_id: &UserId, device_id: &str, token_hash: &str) -> NewDevice 
     }
 }
 
-fn raw(json: &str) -> Box<RawValue> {
+pub(crate) fn raw(json: &str) -> Box<RawValue> {
     RawValue::from_string(json.into()).unwrap()
 }
 

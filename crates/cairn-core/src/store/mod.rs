@@ -135,7 +135,8 @@ pub trait AccountStore: Send + Sync {
 /// Devices and access tokens.
 #[async_trait]
 pub trait DeviceStore: Send + Sync {
-    /// Creates the device if it does not exist and adds an access token for it.
+    /// Creates the device if it does not exist and adds an access token for it. A new device is
+    /// a device-list change of its user.
     async fn add_device_token(&self, device: &NewDevice) -> StoreResult<()>;
     /// The owner of the token with this hash, if the token is valid.
     async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<TokenOwner>>;
@@ -155,20 +156,21 @@ pub trait DeviceStore: Send + Sync {
         user_id: &ruma::UserId,
         device_id: &ruma::DeviceId,
     ) -> StoreResult<Option<DeviceRecord>>;
-    /// Renames a device; `false` if it does not exist.
+    /// Renames a device (a device-list change); `false` if it does not exist.
     async fn set_device_display_name(
         &self,
         user_id: &ruma::UserId,
         device_id: &ruma::DeviceId,
         display_name: Option<&str>,
     ) -> StoreResult<bool>;
-    /// Deletes the devices and every access token issued to them. Unknown IDs are ignored.
+    /// Deletes the devices with every access token, key and pending to-device message they
+    /// have, recording a device-list change. Unknown IDs are ignored.
     async fn delete_devices(
         &self,
         user_id: &ruma::UserId,
         device_ids: &[OwnedDeviceId],
     ) -> StoreResult<()>;
-    /// Deletes every device of the user and every access token.
+    /// Deletes every device of the user, as [`DeviceStore::delete_devices`] does.
     async fn delete_all_devices(&self, user_id: &ruma::UserId) -> StoreResult<()>;
 }
 
@@ -206,7 +208,7 @@ pub trait UserDataStore: Send + Sync {
         user_id: &ruma::UserId,
         data_type: &str,
     ) -> StoreResult<Option<Box<RawValue>>>;
-    /// Replaces global account data of `data_type`.
+    /// Replaces global account data of `data_type` (a new stream position, for `/sync`).
     async fn put_account_data(
         &self,
         user_id: &ruma::UserId,
@@ -236,6 +238,29 @@ pub trait ServerKeyStore: Send + Sync {
 }
 
 /// Everything the homeserver stores.
-pub trait Store: AccountStore + DeviceStore + UiaStore + UserDataStore + ServerKeyStore {}
+pub trait Store:
+    AccountStore
+    + DeviceStore
+    + UiaStore
+    + UserDataStore
+    + ServerKeyStore
+    + KeyStore
+    + ToDeviceStore
+    + SyncStore
+{
+}
 
-impl<T> Store for T where T: AccountStore + DeviceStore + UiaStore + UserDataStore + ServerKeyStore {}
+impl<T> Store for T where
+    T: AccountStore
+        + DeviceStore
+        + UiaStore
+        + UserDataStore
+        + ServerKeyStore
+        + KeyStore
+        + ToDeviceStore
+        + SyncStore
+{
+}
+
+mod e2ee;
+pub use e2ee::*;

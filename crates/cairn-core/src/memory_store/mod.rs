@@ -12,13 +12,24 @@ use serde_json::value::RawValue;
 
 use crate::store::*;
 
+mod e2ee;
+
 #[derive(Default)]
 struct State {
+    pos: u64,
+    device_keys: BTreeMap<(OwnedUserId, OwnedDeviceId), String>,
+    one_time_keys: BTreeMap<(OwnedUserId, OwnedDeviceId, String, u64), (String, String)>,
+    next_otk: u64,
+    fallback_keys: BTreeMap<(OwnedUserId, OwnedDeviceId, String), (String, String, bool)>,
+    eager: BTreeMap<(OwnedUserId, OwnedDeviceId), bool>,
+    device_list_changes: Vec<(u64, OwnedUserId)>,
+    inbox: BTreeMap<(OwnedUserId, OwnedDeviceId, u64), (OwnedUserId, String, String)>,
+    txns: std::collections::BTreeSet<(OwnedUserId, OwnedDeviceId, String)>,
     users: BTreeMap<OwnedUserId, (UserRecord, Profile)>,
     devices: BTreeMap<(OwnedUserId, OwnedDeviceId), DeviceRecord>,
     tokens: BTreeMap<String, (OwnedUserId, OwnedDeviceId)>,
     uia: BTreeMap<String, UiaSessionRecord>,
-    account_data: BTreeMap<(OwnedUserId, String), String>,
+    account_data: BTreeMap<(OwnedUserId, String), (String, u64)>,
     filters: BTreeMap<(OwnedUserId, String), String>,
     next_filter: u64,
     signing_key: Option<SigningKeyRecord>,
@@ -42,16 +53,44 @@ impl MemoryStore {
     }
 }
 
+impl State {
+    /// The next stream position, recording a device-list change of `user_id` at it if given.
+    fn advance(&mut self, changed_user: Option<&UserId>) -> u64 {
+        self.pos += 1;
+        if let Some(user) = changed_user {
+            self.device_list_changes.push((self.pos, user.to_owned()));
+        }
+        self.pos
+    }
+
+    fn remove_device(&mut self, user_id: &UserId, device_id: &DeviceId) -> bool {
+        let key = (user_id.to_owned(), device_id.to_owned());
+        let existed = self.devices.remove(&key).is_some();
+        self.device_keys.remove(&key);
+        self.eager.remove(&key);
+        self.one_time_keys
+            .retain(|(u, d, _, _), _| u != user_id || d != device_id);
+        self.fallback_keys
+            .retain(|(u, d, _), _| u != user_id || d != device_id);
+        self.inbox
+            .retain(|(u, d, _), _| u != user_id || d != device_id);
+        self.tokens
+            .retain(|_, (u, d)| u != user_id || d != device_id);
+        existed
+    }
+}
+
 fn add_device(state: &mut State, device: &NewDevice) {
-    state
-        .devices
-        .entry((device.user_id.clone(), device.device_id.clone()))
-        .or_insert_with(|| DeviceRecord {
+    let key = (device.user_id.clone(), device.device_id.clone());
+    if let std::collections::btree_map::Entry::Vacant(slot) = state.devices.entry(key) {
+        slot.insert(DeviceRecord {
             device_id: device.device_id.clone(),
             display_name: device.display_name.clone(),
             last_seen_ms: None,
             last_seen_ip: None,
         });
+        state.advance(Some(&device.user_id));
+    }
     state.tokens.insert(
         device.token_hash.clone(),
         (device.user_id.clone(), device.device_id.clone()),
@@ -173,6 +212,7 @@ impl DeviceStore for MemoryStore {
             return Ok(false);
         };
         d.display_name = display_name.map(ToOwned::to_owned);
+        state.advance(Some(user_id));
         Ok(true)
     }
 
@@ -182,22 +222,25 @@ impl DeviceStore for MemoryStore {
         device_ids: &[OwnedDeviceId],
     ) -> StoreResult<()> {
         let mut state = self.state();
+        let mut removed = false;
         for device_id in device_ids {
-            state
-                .devices
-                .remove(&(user_id.to_owned(), device_id.clone()));
+            removed |= state.remove_device(user_id, device_id);
         }
-        state
-            .tokens
-            .retain(|_, (u, d)| u != user_id || !device_ids.contains(d));
+        if removed {
+            state.advance(Some(user_id));
+        }
         Ok(())
     }
 
     async fn delete_all_devices(&self, user_id: &UserId) -> StoreResult<()> {
-        let mut state = self.state();
-        state.devices.retain(|(u, _), _| u != user_id);
-        state.tokens.retain(|_, (u, _)| u != user_id);
-        Ok(())
+        let devices: Vec<OwnedDeviceId> = self
+            .state()
+            .devices
+            .keys()
+            .filter(|(u, _)| u == user_id)
+            .map(|(_, d)| d.clone())
+            .collect();
+        self.delete_devices(user_id, &devices).await
     }
 }
 
@@ -263,7 +306,7 @@ impl UserDataStore for MemoryStore {
             .state()
             .account_data
             .get(&(user_id.to_owned(), data_type.to_owned()))
-            .map(|s| raw(s)))
+            .map(|(s, _)| raw(s)))
     }
 
     async fn put_account_data(
@@ -272,9 +315,11 @@ impl UserDataStore for MemoryStore {
         data_type: &str,
         content: &RawValue,
     ) -> StoreResult<()> {
-        self.state().account_data.insert(
+        let mut state = self.state();
+        let pos = state.advance(None);
+        state.account_data.insert(
             (user_id.to_owned(), data_type.to_owned()),
-            content.get().to_owned(),
+            (content.get().to_owned(), pos),
         );
         Ok(())
     }

@@ -1,0 +1,393 @@
+//! `/keys/upload`, `/keys/query`, `/keys/claim` and `/keys/changes` for local users.
+//!
+//! Upload rules: device keys must name the uploading user and device; re-uploading identical
+//! device keys changes nothing, different ones are a device-list change. One-time keys are
+//! idempotent per ID, and a different key under a stored ID is refused. Fallback keys (one per
+//! algorithm, kept apart from one-time keys because clients reuse IDs across the two) replace
+//! the stored one unless identical, in which case its "used" mark stays. Signatures are not
+//! verified here (clients verify); shapes are.
+
+use std::collections::BTreeMap;
+
+use ruma::{OwnedDeviceId, OwnedUserId, UserId};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::SIGNED_CURVE25519;
+use crate::Homeserver;
+use crate::accounts::Requester;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{KeyClaim, KeyWrite, UploadedKey};
+use crate::stream::SyncToken;
+
+/// Most unclaimed one-time keys a device may hold. vodozemac keeps at most 5000 private
+/// one-time keys, so a server holding more would hand out keys the client has forgotten.
+pub const MAX_ONE_TIME_KEYS_PER_DEVICE: u64 = 5000;
+
+/// The body of `POST /keys/upload`.
+#[derive(Debug, Default, Deserialize)]
+pub struct UploadRequest {
+    /// The device's identity keys.
+    #[serde(default, deserialize_with = "present")]
+    pub device_keys: Option<Option<Box<RawValue>>>,
+    /// One-time keys, `<algorithm>:<key_id>` to key.
+    #[serde(default)]
+    pub one_time_keys: BTreeMap<String, Box<RawValue>>,
+    /// Fallback keys, at most one per algorithm.
+    #[serde(default)]
+    pub fallback_keys: BTreeMap<String, Box<RawValue>>,
+    /// MSC4081 opt-in, bare name.
+    pub eager_share_fallback_keys: Option<bool>,
+    /// MSC4081 opt-in, unstable name.
+    #[serde(rename = "org.matrix.msc4081.eager_share_fallback_keys")]
+    pub eager_share_fallback_keys_unstable: Option<bool>,
+}
+
+/// Distinguishes an explicit `null` from an absent field.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<Box<RawValue>>>, D::Error> {
+    let raw = Box::<RawValue>::deserialize(d)?;
+    Ok(Some((raw.get() != "null").then_some(raw)))
+}
+
+/// The body of `POST /keys/query`.
+#[derive(Debug, Deserialize)]
+pub struct QueryRequest {
+    /// Users and their devices (an empty list means all devices).
+    pub device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+}
+
+/// The body of `POST /keys/claim`.
+#[derive(Debug, Deserialize)]
+pub struct ClaimRequest {
+    /// Per user and device, the algorithm of the key wanted.
+    pub one_time_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
+    /// How long to wait for remote servers, in milliseconds.
+    pub timeout: Option<u64>,
+}
+
+/// Answer to `/keys/query`.
+#[derive(Debug, Default, PartialEq)]
+pub struct QueryResponse {
+    /// `user -> device -> device keys with unsigned.device_display_name`.
+    pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>>,
+    /// Servers that could not be asked, with the reason.
+    pub failures: BTreeMap<String, Value>,
+}
+
+/// Answer to `/keys/claim`.
+#[derive(Debug, Default)]
+pub struct ClaimResponse {
+    /// `user -> device -> {"<algorithm>:<key_id>": key}`.
+    pub one_time_keys:
+        BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, Box<RawValue>>>>,
+    /// Servers that could not be asked, with the reason.
+    pub failures: BTreeMap<String, Value>,
+}
+
+impl PartialEq for UploadedKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.algorithm == other.algorithm
+            && self.key_id == other.key_id
+            && self.key.get() == other.key.get()
+    }
+}
+
+impl Homeserver {
+    /// `POST /keys/upload`: validates, stores what changed in one transaction, and returns the
+    /// device's one-time key counts.
+    pub async fn upload_keys(
+        &self,
+        me: &Requester,
+        req: UploadRequest,
+    ) -> Result<BTreeMap<String, u64>> {
+        let store = self.store();
+        let device_keys = match req.device_keys {
+            None => None,
+            Some(None) => return Err(Error::bad_json("device_keys must be an object")),
+            Some(Some(raw)) => {
+                check_device_keys(&raw, me)?;
+                let stored = store.device_keys(&me.user_id, &me.device_id).await?;
+                (!stored.is_some_and(|s| same_json(&s, &raw, false))).then_some(raw)
+            }
+        };
+
+        let uploaded_otks = split_key_ids(req.one_time_keys)?;
+        let wanted: Vec<_> = uploaded_otks
+            .iter()
+            .map(|k| (k.algorithm.clone(), k.key_id.clone()))
+            .collect();
+        let existing = store
+            .existing_one_time_keys(&me.user_id, &me.device_id, &wanted)
+            .await?;
+        let mut one_time_keys = Vec::new();
+        for key in uploaded_otks {
+            match existing
+                .iter()
+                .find(|e| e.algorithm == key.algorithm && e.key_id == key.key_id)
+            {
+                Some(old) if same_json(&old.key, &key.key, true) => {}
+                Some(old) => {
+                    // rust-sdk recognises this wording and recovers from the conflict.
+                    return Err(Error::new(
+                        ErrorKind::Unknown,
+                        format!(
+                            "One time key {}:{} already exists. Old key: {}; new key: {}",
+                            key.algorithm,
+                            key.key_id,
+                            old.key.get(),
+                            key.key.get()
+                        ),
+                    ));
+                }
+                None => one_time_keys.push(key),
+            }
+        }
+        if !one_time_keys.is_empty() {
+            let held: u64 = store
+                .one_time_key_counts(&me.user_id, &me.device_id)
+                .await?
+                .values()
+                .sum();
+            if held + one_time_keys.len() as u64 > MAX_ONE_TIME_KEYS_PER_DEVICE {
+                return Err(Error::new(
+                    ErrorKind::InvalidParam,
+                    format!(
+                        "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
+                    ),
+                ));
+            }
+        }
+
+        let uploaded_fallbacks = split_key_ids(req.fallback_keys)?;
+        for (i, key) in uploaded_fallbacks.iter().enumerate() {
+            if uploaded_fallbacks[..i]
+                .iter()
+                .any(|k| k.algorithm == key.algorithm)
+            {
+                return Err(Error::bad_json(format!(
+                    "More than one fallback key for {}",
+                    key.algorithm
+                )));
+            }
+        }
+        let stored_fallbacks = if uploaded_fallbacks.is_empty() {
+            Vec::new()
+        } else {
+            store.fallback_keys(&me.user_id, &me.device_id).await?
+        };
+        let fallback_keys: Vec<_> = uploaded_fallbacks
+            .into_iter()
+            .filter(|key| {
+                !stored_fallbacks.iter().any(|s| {
+                    s.key.algorithm == key.algorithm
+                        && s.key.key_id == key.key_id
+                        && same_json(&s.key.key, &key.key, false)
+                })
+            })
+            .collect();
+
+        let eager = req
+            .eager_share_fallback_keys
+            .or(req.eager_share_fallback_keys_unstable);
+        let changed_device_keys = device_keys.is_some();
+        let write = KeyWrite {
+            user_id: me.user_id.clone(),
+            device_id: me.device_id.clone(),
+            device_keys,
+            one_time_keys,
+            fallback_keys,
+            eager_share_fallback_keys: eager,
+        };
+        if write.device_keys.is_some()
+            || !write.one_time_keys.is_empty()
+            || !write.fallback_keys.is_empty()
+            || write.eager_share_fallback_keys.is_some()
+        {
+            store.write_keys(&write).await?;
+        }
+        if changed_device_keys {
+            self.notify_device_list_change(&me.user_id).await?;
+        }
+        self.one_time_key_counts(&me.user_id, &me.device_id).await
+    }
+
+    /// One-time key counts with `signed_curve25519` always present.
+    pub async fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+    ) -> Result<BTreeMap<String, u64>> {
+        let mut counts = self.store().one_time_key_counts(user_id, device_id).await?;
+        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+        Ok(counts)
+    }
+
+    /// `POST /keys/query`.
+    pub async fn query_keys(&self, req: QueryRequest) -> Result<QueryResponse> {
+        let mut response = QueryResponse::default();
+        for (user_id, devices) in req.device_keys {
+            if !self.is_local(&user_id) {
+                self.remote_unavailable(&mut response.failures, &user_id);
+                continue;
+            }
+            let mut found = BTreeMap::new();
+            for record in self.store().query_device_keys(&user_id, &devices).await? {
+                let mut keys: Map<String, Value> = serde_json::from_str(record.keys.get())
+                    .map_err(|_| {
+                        Error::new(ErrorKind::Internal, "stored device keys are not an object")
+                    })?;
+                let unsigned = keys
+                    .entry("unsigned")
+                    .or_insert_with(|| Value::Object(Map::new()));
+                if let (Value::Object(unsigned), Some(name)) = (unsigned, record.display_name) {
+                    unsigned.insert("device_display_name".into(), name.into());
+                }
+                found.insert(record.device_id, Value::Object(keys));
+            }
+            response.device_keys.insert(user_id, found);
+        }
+        Ok(response)
+    }
+
+    /// `POST /keys/claim` for local users (remote users are reported in `failures` until
+    /// federation is wired).
+    pub async fn claim_keys(&self, req: ClaimRequest) -> Result<ClaimResponse> {
+        let mut response = ClaimResponse::default();
+        let mut claims = Vec::new();
+        for (user_id, devices) in req.one_time_keys {
+            if !self.is_local(&user_id) {
+                self.remote_unavailable(&mut response.failures, &user_id);
+                continue;
+            }
+            for (device_id, algorithm) in devices {
+                claims.push(KeyClaim {
+                    user_id: user_id.clone(),
+                    device_id,
+                    algorithm,
+                });
+            }
+        }
+        let claimed = self.store().claim_keys(&claims).await?;
+        for (claim, key) in claims.into_iter().zip(claimed) {
+            if let Some(key) = key {
+                response
+                    .one_time_keys
+                    .entry(claim.user_id)
+                    .or_default()
+                    .entry(claim.device_id)
+                    .or_default()
+                    .insert(format!("{}:{}", key.algorithm, key.key_id), key.key);
+            }
+        }
+        Ok(response)
+    }
+
+    /// `GET /keys/changes`: users whose device lists changed after `from` and who share a room
+    /// with the requester (or are the requester).
+    pub async fn key_changes(&self, me: &UserId, from: SyncToken) -> Result<Vec<OwnedUserId>> {
+        let now = self.store().current_position().await?;
+        Ok(self.store().device_list_changes(me, from.pos, now).await?)
+    }
+
+    /// Wakes the syncs of everyone who hears about `user_id`'s device list.
+    pub(crate) async fn notify_device_list_change(&self, user_id: &UserId) -> Result<()> {
+        // Today only the user; room members join this list with rooms.
+        self.notifier().notify(&[user_id]);
+        Ok(())
+    }
+
+    pub(crate) fn is_local(&self, user_id: &UserId) -> bool {
+        user_id.server_name() == self.config().server_name
+    }
+
+    fn remote_unavailable(&self, failures: &mut BTreeMap<String, Value>, user_id: &UserId) {
+        failures.insert(
+            user_id.server_name().to_string(),
+            serde_json::json!({ "status": 503, "message": "Federation is not available" }),
+        );
+    }
+}
+
+/// Device keys must be an object naming the uploader, with the required fields.
+fn check_device_keys(raw: &RawValue, me: &Requester) -> Result<()> {
+    let keys: Map<String, Value> = serde_json::from_str(raw.get())
+        .map_err(|_| Error::bad_json("device_keys must be an object"))?;
+    if keys.get("user_id").and_then(Value::as_str) != Some(me.user_id.as_str()) {
+        return Err(Error::bad_json(
+            "device_keys.user_id does not match the authenticated user",
+        ));
+    }
+    if keys.get("device_id").and_then(Value::as_str) != Some(me.device_id.as_str()) {
+        return Err(Error::bad_json(
+            "device_keys.device_id does not match the authenticated device",
+        ));
+    }
+    let shaped = keys
+        .get("algorithms")
+        .is_some_and(|a| a.as_array().is_some_and(|a| a.iter().all(Value::is_string)))
+        && keys.get("keys").is_some_and(Value::is_object)
+        && keys.get("signatures").is_some_and(Value::is_object);
+    if !shaped {
+        return Err(Error::bad_json(
+            "device_keys needs algorithms, keys and signatures",
+        ));
+    }
+    Ok(())
+}
+
+/// Splits `<algorithm>:<key_id>` names; keys must be strings or objects.
+fn split_key_ids(keys: BTreeMap<String, Box<RawValue>>) -> Result<Vec<UploadedKey>> {
+    keys.into_iter()
+        .map(|(name, key)| {
+            let (algorithm, key_id) = name
+                .split_once(':')
+                .filter(|(a, k)| !a.is_empty() && !k.is_empty())
+                .ok_or_else(|| {
+                    Error::bad_json(format!(
+                        "Invalid key name {name:?}: expected <algorithm>:<key_id>"
+                    ))
+                })?;
+            let first = key.get().trim_start().as_bytes().first().copied();
+            if !matches!(first, Some(b'"' | b'{')) {
+                return Err(Error::bad_json(format!(
+                    "Key {name} must be a string or an object"
+                )));
+            }
+            Ok(UploadedKey {
+                algorithm: algorithm.to_owned(),
+                key_id: key_id.to_owned(),
+                key,
+            })
+        })
+        .collect()
+}
+
+/// Whether two JSON values are the same, optionally ignoring a top-level `signatures` field
+/// (a re-signed one-time key is still the same key).
+fn same_json(a: &RawValue, b: &RawValue, ignore_signatures: bool) -> bool {
+    if a.get() == b.get() {
+        return true;
+    }
+    match (
+        serde_json::from_str::<Value>(a.get()),
+        serde_json::from_str::<Value>(b.get()),
+    ) {
+        (Ok(mut a), Ok(mut b)) => {
+            if ignore_signatures {
+                for v in [&mut a, &mut b] {
+                    if let Value::Object(map) = v {
+                        map.remove("signatures");
+                    }
+                }
+            }
+            a == b
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,419 @@
+//! Device keys, one-time and fallback keys, to-device inboxes and the reads of `/sync`.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use cairn_core::store::*;
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use serde_json::value::RawValue;
+use sqlx::any::AnyRow;
+use sqlx::{AssertSqlSafe, Row};
+
+use crate::{
+    Backend, SqlStore, backend_err, from_ms, ms, next_position, record_device_list_change,
+};
+
+fn raw_json(text: String) -> StoreResult<Box<RawValue>> {
+    RawValue::from_string(text).map_err(|e| StoreError::Backend(format!("bad stored JSON: {e}")))
+}
+
+fn get<T>(row: &AnyRow, column: &str) -> StoreResult<T>
+where
+    T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
+{
+    row.try_get(column).map_err(backend_err)
+}
+
+fn uploaded_key(row: &AnyRow) -> StoreResult<UploadedKey> {
+    Ok(UploadedKey {
+        algorithm: get(row, "algorithm")?,
+        key_id: get(row, "key_id")?,
+        key: raw_json(get(row, "key_json")?)?,
+    })
+}
+
+fn parse_user(raw: String) -> StoreResult<OwnedUserId> {
+    UserId::parse(raw).map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
+}
+
+#[async_trait]
+impl KeyStore for SqlStore {
+    async fn device_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> StoreResult<Option<Box<RawValue>>> {
+        let json: Option<String> = sqlx::query_scalar(
+            "SELECT key_json FROM device_keys WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend_err)?;
+        json.map(raw_json).transpose()
+    }
+
+    async fn existing_one_time_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        wanted: &[(String, String)],
+    ) -> StoreResult<Vec<UploadedKey>> {
+        if wanted.is_empty() {
+            return Ok(Vec::new());
+        }
+        // Fetch the device's keys of the wanted algorithms and filter here: portable, and a
+        // device holds few keys.
+        let mut found = Vec::new();
+        let mut algorithms: Vec<&str> = wanted.iter().map(|(a, _)| a.as_str()).collect();
+        algorithms.sort_unstable();
+        algorithms.dedup();
+        for algorithm in algorithms {
+            let rows = sqlx::query(
+                "SELECT algorithm, key_id, key_json FROM one_time_keys \
+                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
+            )
+            .bind(user_id.as_str())
+            .bind(device_id.as_str())
+            .bind(algorithm)
+            .fetch_all(&self.read)
+            .await
+            .map_err(backend_err)?;
+            for row in &rows {
+                let key = uploaded_key(row)?;
+                if wanted
+                    .iter()
+                    .any(|(a, k)| *a == key.algorithm && *k == key.key_id)
+                {
+                    found.push(key);
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    async fn fallback_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> StoreResult<Vec<StoredFallbackKey>> {
+        let rows = sqlx::query(
+            "SELECT algorithm, key_id, key_json, used FROM fallback_keys WHERE user_id = $1 AND device_id = $2 \
+             ORDER BY algorithm",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(StoredFallbackKey {
+                    key: uploaded_key(row)?,
+                    used: get::<i64>(row, "used")? != 0,
+                })
+            })
+            .collect()
+    }
+
+    async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
+        let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+        let mut tx = self.begin().await?;
+        if let Some(keys) = &write.device_keys {
+            sqlx::query(
+                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(keys.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+            record_device_list_change(&mut tx, user).await?;
+        }
+        for key in &write.one_time_keys {
+            sqlx::query(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(&key.algorithm)
+            .bind(&key.key_id)
+            .bind(key.key.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        }
+        for key in &write.fallback_keys {
+            sqlx::query(
+                "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) \
+                 DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(&key.algorithm)
+            .bind(&key.key_id)
+            .bind(key.key.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        }
+        if let Some(eager) = write.eager_share_fallback_keys {
+            sqlx::query("UPDATE devices SET eager_share_fallback_keys = $1 WHERE user_id = $2 AND device_id = $3")
+                .bind(i64::from(eager))
+                .bind(user)
+                .bind(device)
+                .execute(&mut *tx)
+                .await
+                .map_err(backend_err)?;
+        }
+        tx.commit().await.map_err(backend_err)
+    }
+
+    async fn one_time_key_counts(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> StoreResult<BTreeMap<String, u64>> {
+        let rows = sqlx::query(
+            "SELECT algorithm, COUNT(*) AS n FROM one_time_keys WHERE user_id = $1 AND device_id = $2 GROUP BY algorithm",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        rows.iter()
+            .map(|row| Ok((get(row, "algorithm")?, from_ms(get(row, "n")?))))
+            .collect()
+    }
+
+    async fn claim_keys(&self, claims: &[KeyClaim]) -> StoreResult<Vec<Option<UploadedKey>>> {
+        if claims.is_empty() {
+            return Ok(Vec::new());
+        }
+        // PostgreSQL: concurrent claimers skip each other's locked rows, so no key is handed out
+        // twice and none waits. SQLite has one writer at a time, so the plain form is atomic.
+        let lock = match self.backend {
+            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
+            Backend::Sqlite => "",
+        };
+        let take_otk = format!(
+            "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys \
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1{lock}) \
+             RETURNING algorithm, key_id, key_json"
+        );
+        let mut tx = self.begin().await?;
+        let mut out = Vec::with_capacity(claims.len());
+        for claim in claims {
+            let row = sqlx::query(AssertSqlSafe(take_otk.as_str()))
+                .bind(claim.user_id.as_str())
+                .bind(claim.device_id.as_str())
+                .bind(&claim.algorithm)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend_err)?;
+            let row = match row {
+                Some(row) => Some(row),
+                None => sqlx::query(
+                    "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+                     RETURNING algorithm, key_id, key_json",
+                )
+                .bind(claim.user_id.as_str())
+                .bind(claim.device_id.as_str())
+                .bind(&claim.algorithm)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend_err)?,
+            };
+            out.push(row.as_ref().map(uploaded_key).transpose()?);
+        }
+        tx.commit().await.map_err(backend_err)?;
+        Ok(out)
+    }
+
+    async fn query_device_keys(
+        &self,
+        user_id: &UserId,
+        device_ids: &[OwnedDeviceId],
+    ) -> StoreResult<Vec<DeviceKeysRecord>> {
+        let rows = sqlx::query(
+            "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k \
+             JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id \
+             WHERE k.user_id = $1 ORDER BY k.device_id",
+        )
+        .bind(user_id.as_str())
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        let mut out = Vec::new();
+        for row in &rows {
+            let device_id: OwnedDeviceId = get::<String>(row, "device_id")?.into();
+            if device_ids.is_empty() || device_ids.contains(&device_id) {
+                out.push(DeviceKeysRecord {
+                    device_id,
+                    keys: raw_json(get(row, "key_json")?)?,
+                    display_name: get(row, "display_name")?,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    async fn eager_share_fallback_keys(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+    ) -> StoreResult<Option<bool>> {
+        let flag: Option<Option<i64>> = sqlx::query_scalar(
+            "SELECT eager_share_fallback_keys FROM devices WHERE user_id = $1 AND device_id = $2",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend_err)?;
+        Ok(flag.flatten().map(|f| f != 0))
+    }
+}
+
+#[async_trait]
+impl ToDeviceStore for SqlStore {
+    async fn send_to_device(&self, batch: &ToDeviceBatch) -> StoreResult<bool> {
+        let mut tx = self.begin().await?;
+        let fresh = sqlx::query(
+            "INSERT INTO client_transactions (user_id, device_id, scope, txn_id, created_ms) \
+             VALUES ($1, $2, 'sendToDevice', $3, $4) ON CONFLICT DO NOTHING",
+        )
+        .bind(batch.sender.as_str())
+        .bind(batch.sender_device.as_str())
+        .bind(&batch.txn_id)
+        .bind(ms(cairn_core::Clock::now_ms(
+            &cairn_core::clock::SystemClock,
+        )))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+        if fresh.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let pos = next_position(&mut tx).await?;
+        for (user, device, content) in &batch.messages {
+            sqlx::query(
+                "INSERT INTO to_device_inbox (user_id, device_id, stream_pos, sender, event_type, content) \
+                 VALUES ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(user.as_str())
+            .bind(device.as_str())
+            .bind(ms(pos))
+            .bind(batch.sender.as_str())
+            .bind(&batch.event_type)
+            .bind(content.get())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        }
+        tx.commit().await.map_err(backend_err)?;
+        Ok(true)
+    }
+
+    async fn to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        after: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<ToDeviceRecord>> {
+        let rows = sqlx::query(
+            "SELECT stream_pos, sender, event_type, content FROM to_device_inbox \
+             WHERE user_id = $1 AND device_id = $2 AND stream_pos > $3 ORDER BY stream_pos LIMIT $4",
+        )
+        .bind(user_id.as_str())
+        .bind(device_id.as_str())
+        .bind(ms(after))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(ToDeviceRecord {
+                    pos: from_ms(get(row, "stream_pos")?),
+                    sender: parse_user(get(row, "sender")?)?,
+                    event_type: get(row, "event_type")?,
+                    content: raw_json(get(row, "content")?)?,
+                })
+            })
+            .collect()
+    }
+
+    async fn delete_to_device_messages(
+        &self,
+        user_id: &UserId,
+        device_id: &DeviceId,
+        up_to: u64,
+    ) -> StoreResult<()> {
+        sqlx::query("DELETE FROM to_device_inbox WHERE user_id = $1 AND device_id = $2 AND stream_pos <= $3")
+            .bind(user_id.as_str())
+            .bind(device_id.as_str())
+            .bind(ms(up_to))
+            .execute(&self.write)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl SyncStore for SqlStore {
+    async fn current_position(&self) -> StoreResult<u64> {
+        let pos: i64 = sqlx::query_scalar("SELECT pos FROM stream_position WHERE id = 1")
+            .fetch_one(&self.read)
+            .await
+            .map_err(backend_err)?;
+        Ok(from_ms(pos))
+    }
+
+    async fn device_list_changes(
+        &self,
+        user_id: &UserId,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<OwnedUserId>> {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT DISTINCT user_id FROM device_list_changes WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3",
+        )
+        .bind(user_id.as_str())
+        .bind(ms(after))
+        .bind(ms(up_to))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        users.into_iter().map(parse_user).collect()
+    }
+
+    async fn account_data_changes(
+        &self,
+        user_id: &UserId,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<(String, Box<RawValue>)>> {
+        let rows = sqlx::query(
+            "SELECT data_type, content FROM account_data WHERE user_id = $1 AND room_id = '' \
+             AND stream_pos > $2 AND stream_pos <= $3 ORDER BY data_type",
+        )
+        .bind(user_id.as_str())
+        .bind(ms(after))
+        .bind(ms(up_to))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        rows.iter()
+            .map(|row| Ok((get(row, "data_type")?, raw_json(get(row, "content")?)?)))
+            .collect()
+    }
+}
