@@ -36,6 +36,8 @@ fn status(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::MissingParam
         | ErrorKind::UserInUse
         | ErrorKind::InvalidUsername
+        | ErrorKind::UnsupportedRoomVersion
+        | ErrorKind::RoomInUse
         | ErrorKind::Unknown => StatusCode::BAD_REQUEST,
         ErrorKind::ServerManagedAccountData => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -37,6 +37,10 @@ pub enum ErrorKind {
     TooLarge,
     /// `M_BAD_JSON` with HTTP 405: account data that the server manages itself.
     ServerManagedAccountData,
+    /// `M_UNSUPPORTED_ROOM_VERSION`
+    UnsupportedRoomVersion,
+    /// `M_ROOM_IN_USE`: a room alias that is taken.
+    RoomInUse,
     /// `M_UNKNOWN`: a request the server understands but refuses for a reason with no own code.
     Unknown,
     /// User-interactive authentication is needed (or a stage failed): HTTP 401 with flows.
@@ -62,6 +66,8 @@ impl ErrorKind {
             Self::GuestAccessForbidden => "M_GUEST_ACCESS_FORBIDDEN",
             Self::Unrecognized => "M_UNRECOGNIZED",
             Self::TooLarge => "M_TOO_LARGE",
+            Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
+            Self::RoomInUse => "M_ROOM_IN_USE",
             Self::Unknown | Self::Internal => "M_UNKNOWN",
             Self::UserInteractive(challenge) => challenge
                 .failure

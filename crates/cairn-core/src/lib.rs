@@ -18,6 +18,7 @@ pub mod error;
 pub mod ids;
 pub mod memory_store;
 pub mod notify;
+pub mod rooms;
 pub mod secrets;
 pub mod store;
 pub mod stream;
@@ -33,38 +34,48 @@ pub use clock::Clock;
 pub use config::CoreConfig;
 pub use error::{Error, ErrorKind, Result};
 pub use notify::Notifier;
+pub use rooms::pdu::EventSigner;
 pub use store::Store;
 
-/// The homeserver: configuration plus the outside world it needs, behind traits.
+/// The outside world the rules use, behind traits.
+#[derive(Clone)]
+pub struct Services {
+    /// Storage.
+    pub store: Arc<dyn Store>,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// Wakes waiting syncs.
+    pub notifier: Arc<dyn Notifier>,
+    /// Signs the server's events.
+    pub signer: Arc<dyn EventSigner>,
+}
+
+/// The homeserver: configuration plus the [`Services`] it needs.
 ///
 /// Cheap to clone; every request handler holds one.
 #[derive(Clone)]
 pub struct Homeserver {
     config: Arc<CoreConfig>,
-    store: Arc<dyn Store>,
-    clock: Arc<dyn Clock>,
-    notifier: Arc<dyn Notifier>,
+    services: Services,
 }
 
 impl Homeserver {
-    /// Builds a homeserver over the given store, clock and notifier.
-    pub fn new(
-        config: CoreConfig,
-        store: Arc<dyn Store>,
-        clock: Arc<dyn Clock>,
-        notifier: Arc<dyn Notifier>,
-    ) -> Self {
+    /// Builds a homeserver.
+    pub fn new(config: CoreConfig, services: Services) -> Self {
         Self {
             config: Arc::new(config),
-            store,
-            clock,
-            notifier,
+            services,
         }
     }
 
     /// The notifier that wakes long-polling syncs.
     pub fn notifier(&self) -> &Arc<dyn Notifier> {
-        &self.notifier
+        &self.services.notifier
+    }
+
+    /// The server's event signer.
+    pub fn signer(&self) -> &Arc<dyn EventSigner> {
+        &self.services.signer
     }
 
     /// The configuration this homeserver runs with.
@@ -74,11 +85,11 @@ impl Homeserver {
 
     /// The store, for the few callers (the CLI, the key server) that read it directly.
     pub fn store(&self) -> &Arc<dyn Store> {
-        &self.store
+        &self.services.store
     }
 
     /// Milliseconds since the Unix epoch, from the injected clock.
     pub fn now_ms(&self) -> u64 {
-        self.clock.now_ms()
+        self.services.clock.now_ms()
     }
 }

@@ -9,20 +9,20 @@ use crate::clock::FakeClock;
 use crate::memory_store::MemoryStore;
 use crate::notify::LocalNotifier;
 use crate::uia::AuthData;
-use crate::{CoreConfig, Homeserver};
+use crate::{CoreConfig, EventSigner, Homeserver, Services};
 
 /// A homeserver for `example.org` with a fake clock.
 pub fn homeserver(registration_open: bool) -> (Homeserver, Arc<FakeClock>) {
     let mut config = CoreConfig::new(server_name!("example.org").to_owned());
     config.registration_open = registration_open;
     let clock = Arc::new(FakeClock::new(1_700_000_000_000));
-    let hs = Homeserver::new(
-        config,
-        Arc::new(MemoryStore::new()),
-        clock.clone(),
-        Arc::new(LocalNotifier::new()),
-    );
-    (hs, clock)
+    let services = Services {
+        store: Arc::new(MemoryStore::new()),
+        clock: clock.clone(),
+        notifier: Arc::new(LocalNotifier::new()),
+        signer: Arc::new(TestSigner::new("example.org")),
+    };
+    (Homeserver::new(config, services), clock)
 }
 
 /// Registers `name` (password `pw`) with device `device` and returns it as a requester.
@@ -41,5 +41,42 @@ pub async fn user(hs: &Homeserver, name: &str, device: &str) -> Requester {
     Requester {
         user_id: session.user_id,
         device_id: session.device_id,
+    }
+}
+
+/// Signs events with a throw-away key.
+pub struct TestSigner {
+    server_name: ruma::OwnedServerName,
+    key: ruma::signatures::Ed25519KeyPair,
+}
+
+impl TestSigner {
+    /// A signer for `server_name` with a fresh key.
+    pub fn new(server_name: &str) -> Self {
+        let der = ruma::signatures::Ed25519KeyPair::generate();
+        Self {
+            server_name: server_name.try_into().unwrap(),
+            key: ruma::signatures::Ed25519KeyPair::from_der(&der, "test".into()).unwrap(),
+        }
+    }
+}
+
+impl EventSigner for TestSigner {
+    fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    fn hash_and_sign(
+        &self,
+        event: &mut ruma::CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> crate::Result<()> {
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &self.key,
+            event,
+            &rules.redaction,
+        )
+        .map_err(|e| crate::Error::new(crate::ErrorKind::Internal, e.to_string()))
     }
 }

@@ -152,3 +152,28 @@ mod tests {
         assert!(verify_json(&map, &tampered).is_err());
     }
 }
+
+impl cairn_core::EventSigner for ServerIdentity {
+    fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    fn hash_and_sign(
+        &self,
+        event: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> cairn_core::Result<()> {
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &*self.key_pair,
+            event,
+            &rules.redaction,
+        )
+        .map_err(|e| {
+            cairn_core::Error::new(
+                cairn_core::ErrorKind::Internal,
+                format!("cannot sign event: {e}"),
+            )
+        })
+    }
+}

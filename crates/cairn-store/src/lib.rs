@@ -14,6 +14,7 @@
 mod accounts;
 mod e2ee;
 mod migrate;
+mod rooms;
 mod server_keys;
 mod user_data;
 

@@ -19,6 +19,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0002_e2ee.sql"),
         include_str!("../migrations/postgres/0002_e2ee.sql"),
     ),
+    (
+        3,
+        include_str!("../migrations/sqlite/0003_rooms.sql"),
+        include_str!("../migrations/postgres/0003_rooms.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -101,12 +101,13 @@ fn read_password() -> anyhow::Result<String> {
 
 async fn add_user(config: config::Config, name: &str, password: String) -> anyhow::Result<()> {
     anyhow::ensure!(!password.is_empty(), "the password is empty");
-    let hs = serve::homeserver(&config).await?.0;
+    let (hs, store, _) = serve::homeserver(&config).await?;
     let registered = hs
         .create_account(name, Some(password), None)
         .await
         .map_err(|e| anyhow::anyhow!("{}", e.message))
         .with_context(|| format!("cannot create user {name}"))?;
     println!("Created {}", registered.user_id);
+    store.close().await;
     Ok(())
 }

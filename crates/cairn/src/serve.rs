@@ -9,7 +9,7 @@ use axum_server::tls_rustls::RustlsConfig;
 use cairn_api::{ApiSettings, AppState};
 use cairn_core::clock::SystemClock;
 use cairn_core::notify::LocalNotifier;
-use cairn_core::{Clock, CoreConfig, Homeserver};
+use cairn_core::{Clock, CoreConfig, Homeserver, Services};
 use cairn_federation::{ServerIdentity, tls};
 use cairn_store::{SqlStore, StoreOptions};
 
@@ -18,8 +18,9 @@ use crate::config::Config;
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
-/// Opens the store and builds the homeserver that both `serve` and `user add` use.
-pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore)> {
+/// Opens the store, loads the signing key and builds the homeserver that both `serve` and
+/// `user add` use.
+pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore, ServerIdentity)> {
     let server_name = ruma::ServerName::parse(&config.server_name)
         .with_context(|| format!("invalid server_name {:?}", config.server_name))?;
     std::fs::create_dir_all(&config.data_dir)
@@ -31,28 +32,23 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore
     })
     .await
     .with_context(|| format!("cannot open database {}", redact(&url)))?;
+    let identity =
+        ServerIdentity::load_or_create(&store, server_name.clone(), SystemClock.now_ms())
+            .await
+            .context("cannot load the signing key")?;
     let mut core = CoreConfig::new(server_name);
     core.registration_open = config.registration.open;
-    Ok((
-        Homeserver::new(
-            core,
-            Arc::new(store.clone()),
-            Arc::new(SystemClock),
-            Arc::new(LocalNotifier::new()),
-        ),
-        store,
-    ))
+    let services = Services {
+        store: Arc::new(store.clone()),
+        clock: Arc::new(SystemClock),
+        notifier: Arc::new(LocalNotifier::new()),
+        signer: Arc::new(identity.clone()),
+    };
+    Ok((Homeserver::new(core, services), store, identity))
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (hs, store) = homeserver(&config).await?;
-    let identity = ServerIdentity::load_or_create(
-        &store,
-        hs.config().server_name.clone(),
-        SystemClock.now_ms(),
-    )
-    .await
-    .context("cannot load the signing key")?;
+    let (hs, store, identity) = homeserver(&config).await?;
     let tls_files = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::TlsFiles {
             cert: cert.clone(),

@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::store::*;
 
 mod e2ee;
+mod rooms;
 
 #[derive(Default)]
 struct State {
@@ -25,6 +26,7 @@ struct State {
     device_list_changes: Vec<(u64, OwnedUserId)>,
     inbox: BTreeMap<(OwnedUserId, OwnedDeviceId, u64), (OwnedUserId, String, String)>,
     txns: std::collections::BTreeSet<(OwnedUserId, OwnedDeviceId, String)>,
+    rooms: rooms::Rooms,
     users: BTreeMap<OwnedUserId, (UserRecord, Profile)>,
     devices: BTreeMap<(OwnedUserId, OwnedDeviceId), DeviceRecord>,
     tokens: BTreeMap<String, (OwnedUserId, OwnedDeviceId)>,

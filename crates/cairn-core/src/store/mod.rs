@@ -247,6 +247,7 @@ pub trait Store:
     + KeyStore
     + ToDeviceStore
     + SyncStore
+    + RoomStore
 {
 }
 
@@ -259,8 +260,11 @@ impl<T> Store for T where
         + KeyStore
         + ToDeviceStore
         + SyncStore
+        + RoomStore
 {
 }
 
 mod e2ee;
+mod rooms;
 pub use e2ee::*;
+pub use rooms::*;

@@ -1,0 +1,187 @@
+//! Joining, inviting, leaving, kicking and banning: each is an `m.room.member` event, allowed or
+//! refused by the room version's authorisation rules.
+
+use ruma::{OwnedRoomId, RoomId, UserId};
+use serde_json::{Value, json};
+
+use super::pdu::EventDraft;
+use crate::Homeserver;
+use crate::accounts::Requester;
+use crate::error::{Error, ErrorKind, Result};
+
+impl Homeserver {
+    /// Joins a room by ID or alias and returns the room ID.
+    pub async fn join_room(&self, me: &Requester, room_id_or_alias: &str) -> Result<OwnedRoomId> {
+        let room_id = if room_id_or_alias.starts_with('#') {
+            let alias = Self::parse_alias(room_id_or_alias)?;
+            self.resolve_alias(&alias).await?.0
+        } else {
+            RoomId::parse(room_id_or_alias).map_err(|_| Error::invalid_param("Invalid room ID"))?
+        };
+        if self.store().room_version(&room_id).await?.is_none() {
+            return Err(if self.is_local_room(&room_id) {
+                Error::not_found("Unknown room")
+            } else {
+                Error::new(
+                    ErrorKind::Unknown,
+                    "Joining rooms on other servers needs federation, which is not available yet",
+                )
+            });
+        }
+        let mut content = self.member_content(&me.user_id, "join").await?;
+        if let Some(old) = self.store().membership(&room_id, &me.user_id).await?
+            && old.membership == "join"
+        {
+            // Joining again is a no-op profile refresh, as in Synapse.
+            content["membership"] = "join".into();
+        }
+        self.append_event(
+            &room_id,
+            &me.user_id,
+            &EventDraft::state("m.room.member", me.user_id.as_str(), content),
+            None,
+        )
+        .await?;
+        Ok(room_id)
+    }
+
+    /// Invites `target` to the room.
+    pub async fn invite(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+        is_direct: bool,
+    ) -> Result<()> {
+        if !self.is_local(target) {
+            return Err(Error::new(
+                ErrorKind::Unknown,
+                "Inviting users of other servers needs federation, which is not available yet",
+            ));
+        }
+        if self.store().user(target).await?.is_none() {
+            return Err(Error::not_found(format!("Unknown user {target}")));
+        }
+        let mut content = self.member_content(target, "invite").await?;
+        if is_direct {
+            content["is_direct"] = true.into();
+        }
+        self.change_membership(me, room_id, target, content, reason)
+            .await
+    }
+
+    /// Leaves a room (also declines an invite).
+    pub async fn leave_room(&self, me: &Requester, room_id: &RoomId) -> Result<()> {
+        if self
+            .store()
+            .membership(room_id, &me.user_id)
+            .await?
+            .is_none()
+        {
+            return Err(self.not_in_room(room_id).await?);
+        }
+        self.change_membership(
+            me,
+            room_id,
+            &me.user_id,
+            json!({ "membership": "leave" }),
+            None,
+        )
+        .await
+    }
+
+    /// Kicks `target` out of the room.
+    pub async fn kick(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        match self.store().membership(room_id, target).await? {
+            Some(m) if m.membership == "join" || m.membership == "invite" => {}
+            _ => return Err(Error::forbidden("The user is not in the room")),
+        }
+        self.change_membership(
+            me,
+            room_id,
+            target,
+            json!({ "membership": "leave" }),
+            reason,
+        )
+        .await
+    }
+
+    /// Bans `target` from the room.
+    pub async fn ban(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        self.change_membership(me, room_id, target, json!({ "membership": "ban" }), reason)
+            .await
+    }
+
+    /// Lifts a ban.
+    pub async fn unban(&self, me: &Requester, room_id: &RoomId, target: &UserId) -> Result<()> {
+        match self.store().membership(room_id, target).await? {
+            Some(m) if m.membership == "ban" => {}
+            _ => return Err(Error::forbidden("The user is not banned")),
+        }
+        self.change_membership(me, room_id, target, json!({ "membership": "leave" }), None)
+            .await
+    }
+
+    async fn change_membership(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        target: &UserId,
+        mut content: Value,
+        reason: Option<&str>,
+    ) -> Result<()> {
+        if let Some(reason) = reason {
+            content["reason"] = reason.into();
+        }
+        if self.store().room_version(room_id).await?.is_none() {
+            return Err(Error::not_found("Unknown room"));
+        }
+        let draft = EventDraft::state("m.room.member", target.as_str(), content);
+        self.append_event(room_id, &me.user_id, &draft, None)
+            .await?;
+        Ok(())
+    }
+
+    /// Member content with the user's profile, as joins and invites carry it.
+    async fn member_content(&self, user_id: &UserId, membership: &str) -> Result<Value> {
+        let mut content = json!({ "membership": membership });
+        if let Some(profile) = self.store().profile(user_id).await? {
+            if let Some(name) = profile.displayname {
+                content["displayname"] = name.into();
+            }
+            if let Some(url) = profile.avatar_url {
+                content["avatar_url"] = url.into();
+            }
+        }
+        Ok(content)
+    }
+
+    /// Whether a room ID names a room of this server (room version 12 IDs name no server).
+    fn is_local_room(&self, room_id: &RoomId) -> bool {
+        room_id
+            .server_name()
+            .is_none_or(|s| s == self.config().server_name)
+    }
+
+    /// 404 for an unknown room, 403 for a known one the user is not in.
+    pub(crate) async fn not_in_room(&self, room_id: &RoomId) -> Result<Error> {
+        Ok(if self.store().room_version(room_id).await?.is_none() {
+            Error::not_found("Unknown room")
+        } else {
+            Error::forbidden("You are not in this room")
+        })
+    }
+}

@@ -1,0 +1,150 @@
+//! Storage for rooms: events, current state, memberships, forward extremities and aliases.
+//!
+//! Events are appended with a compare-and-swap on the room's forward extremities: the rules
+//! read the extremities and the authorising state, build and check the event, and the store
+//! appends it only if the extremities are still the ones read. Otherwise the rules try again.
+//! This keeps each room's local events in a chain, checked against the state they extend, even
+//! with several processes writing.
+
+use async_trait::async_trait;
+use ruma::{OwnedEventId, OwnedRoomId, OwnedUserId, RoomId, RoomVersionId, UserId};
+
+use super::StoreResult;
+use crate::rooms::pdu::Pdu;
+
+/// A new local event to append.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event.
+    pub pdu: Pdu,
+    /// The forward extremities it was built on; the append fails if they moved.
+    pub expected_extremities: Vec<OwnedEventId>,
+    /// `(user, device, txn_id)` of the client request, for deduplication.
+    pub txn: Option<(OwnedUserId, ruma::OwnedDeviceId, String)>,
+    /// For a create event: the room's version (the room is created in the same transaction).
+    pub creates_room: Option<RoomVersionId>,
+}
+
+/// What became of an append.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendOutcome {
+    /// Stored at this stream position.
+    Appended(u64),
+    /// The room moved on meanwhile; build again on the new extremities.
+    ExtremitiesMoved,
+    /// The client's transaction ID was already used: this is the event it produced.
+    DuplicateTxn(OwnedEventId),
+}
+
+/// A room event with its stream position.
+#[derive(Debug, Clone)]
+pub struct StreamEvent {
+    /// Position in the stream.
+    pub pos: u64,
+    /// The event.
+    pub pdu: Pdu,
+}
+
+/// A user's membership in a room, as of now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MembershipRecord {
+    /// The room.
+    pub room_id: OwnedRoomId,
+    /// `join`, `invite`, `leave`, `ban` or `knock`.
+    pub membership: String,
+    /// Position of the membership event.
+    pub pos: u64,
+}
+
+/// Rooms and their events.
+#[async_trait]
+pub trait RoomStore: Send + Sync {
+    /// The room's version, if the room is known.
+    async fn room_version(&self, room_id: &RoomId) -> StoreResult<Option<RoomVersionId>>;
+    /// The room's forward extremities and the greatest depth among them.
+    async fn forward_extremities(&self, room_id: &RoomId) -> StoreResult<(Vec<OwnedEventId>, u64)>;
+    /// Current state events for the given `(type, state_key)` pairs (those that exist).
+    async fn state_events(
+        &self,
+        room_id: &RoomId,
+        keys: &[(String, String)],
+    ) -> StoreResult<Vec<Pdu>>;
+    /// The room's whole current state.
+    async fn current_state(&self, room_id: &RoomId) -> StoreResult<Vec<StreamEvent>>;
+    /// Appends a local event: stores it, updates current state, memberships and extremities,
+    /// records the transaction ID, in one transaction (see the module docs).
+    async fn append_event(&self, event: &NewEvent) -> StoreResult<AppendOutcome>;
+    /// One event by ID.
+    async fn event(&self, event_id: &ruma::EventId) -> StoreResult<Option<StreamEvent>>;
+    /// The event a client transaction produced, if any.
+    async fn event_for_txn(
+        &self,
+        user_id: &UserId,
+        device_id: &ruma::DeviceId,
+        txn_id: &str,
+    ) -> StoreResult<Option<OwnedEventId>>;
+    /// The user's membership in the room now.
+    async fn membership(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<MembershipRecord>>;
+    /// The user's memberships in every room they have one in.
+    async fn memberships(&self, user_id: &UserId) -> StoreResult<Vec<MembershipRecord>>;
+    /// Users with the given membership in the room.
+    async fn members_with(
+        &self,
+        room_id: &RoomId,
+        membership: &str,
+    ) -> StoreResult<Vec<OwnedUserId>>;
+    /// Room events in `(after, up_to]`, the newest `limit` of them, oldest first; and whether
+    /// older ones in the range were left out.
+    async fn room_events(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<(Vec<StreamEvent>, bool)>;
+    /// Room events in `(after, up_to]`, the oldest `limit` of them, oldest first.
+    async fn room_events_after(
+        &self,
+        room_id: &RoomId,
+        after: u64,
+        up_to: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StreamEvent>>;
+    /// Room events before position `before` (newest first), at most `limit`.
+    async fn room_events_before(
+        &self,
+        room_id: &RoomId,
+        before: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<StreamEvent>>;
+    /// Users whose membership in a room shared with `user_id` changed in `(after, up_to]`,
+    /// with the room and new membership; includes `user_id`'s own changes.
+    async fn membership_changes(
+        &self,
+        user_id: &UserId,
+        after: u64,
+        up_to: u64,
+    ) -> StoreResult<Vec<(OwnedRoomId, OwnedUserId, String)>>;
+    /// Every user joined to a room that `user_id` is joined to (`user_id` included).
+    async fn room_mates(&self, user_id: &UserId) -> StoreResult<Vec<OwnedUserId>>;
+    /// Whether the two users are both joined to some room.
+    async fn share_a_room(&self, a: &UserId, b: &UserId) -> StoreResult<bool>;
+    /// Points an alias at a room; `false` if the alias is taken.
+    async fn create_alias(
+        &self,
+        alias: &ruma::RoomAliasId,
+        room_id: &RoomId,
+        creator: &UserId,
+    ) -> StoreResult<bool>;
+    /// The room an alias points to, and who created the alias.
+    async fn alias(
+        &self,
+        alias: &ruma::RoomAliasId,
+    ) -> StoreResult<Option<(OwnedRoomId, OwnedUserId)>>;
+    /// Removes an alias; `false` if there was none.
+    async fn delete_alias(&self, alias: &ruma::RoomAliasId) -> StoreResult<bool>;
+}
