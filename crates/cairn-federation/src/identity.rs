@@ -108,6 +108,31 @@ impl std::fmt::Debug for ServerIdentity {
     }
 }
 
+impl cairn_core::EventSigner for ServerIdentity {
+    fn server_name(&self) -> &ruma::ServerName {
+        &self.server_name
+    }
+
+    fn hash_and_sign(
+        &self,
+        event: &mut CanonicalJsonObject,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> cairn_core::Result<()> {
+        ruma::signatures::hash_and_sign_event(
+            self.server_name.as_str(),
+            &*self.key_pair,
+            event,
+            &rules.redaction,
+        )
+        .map_err(|e| {
+            cairn_core::Error::new(
+                cairn_core::ErrorKind::Internal,
+                format!("cannot sign event: {e}"),
+            )
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -150,30 +175,5 @@ mod tests {
             ruma::CanonicalJsonValue::Integer(5u32.into()),
         );
         assert!(verify_json(&map, &tampered).is_err());
-    }
-}
-
-impl cairn_core::EventSigner for ServerIdentity {
-    fn server_name(&self) -> &ruma::ServerName {
-        &self.server_name
-    }
-
-    fn hash_and_sign(
-        &self,
-        event: &mut CanonicalJsonObject,
-        rules: &ruma::room_version_rules::RoomVersionRules,
-    ) -> cairn_core::Result<()> {
-        ruma::signatures::hash_and_sign_event(
-            self.server_name.as_str(),
-            &*self.key_pair,
-            event,
-            &rules.redaction,
-        )
-        .map_err(|e| {
-            cairn_core::Error::new(
-                cairn_core::ErrorKind::Internal,
-                format!("cannot sign event: {e}"),
-            )
-        })
     }
 }
