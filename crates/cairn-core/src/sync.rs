@@ -11,10 +11,13 @@ use ruma::OwnedUserId;
 use serde_json::value::RawValue;
 
 use crate::Homeserver;
+
+pub mod rooms;
 use crate::accounts::Requester;
 use crate::error::Result;
 use crate::store::ToDeviceRecord;
 use crate::stream::SyncToken;
+pub use rooms::{RoomsSync, SyncFilter};
 
 /// Most to-device messages in one response (the spec's recommendation).
 pub const MAX_TO_DEVICE_PER_SYNC: usize = 100;
@@ -28,6 +31,8 @@ pub struct SyncRequest {
     pub since: Option<SyncToken>,
     /// How long to wait for something new.
     pub timeout: Duration,
+    /// What the client wants to see.
+    pub filter: SyncFilter,
 }
 
 /// The sync response, before rendering.
@@ -35,6 +40,8 @@ pub struct SyncRequest {
 pub struct SyncResponse {
     /// Where the next sync starts.
     pub next_batch: SyncToken,
+    /// Rooms.
+    pub rooms: RoomsSync,
     /// Global account data that changed (all of it on an initial sync).
     pub account_data: Vec<(String, Box<RawValue>)>,
     /// To-device messages for this device, oldest first.
@@ -52,7 +59,8 @@ pub struct SyncResponse {
 impl SyncResponse {
     /// Whether anything in it is news (key counts alone are not: they ride along).
     fn has_news(&self) -> bool {
-        !self.account_data.is_empty()
+        !self.rooms.is_empty()
+            || !self.account_data.is_empty()
             || !self.to_device.is_empty()
             || !self.device_lists_changed.is_empty()
             || !self.device_lists_left.is_empty()
@@ -73,18 +81,23 @@ impl Homeserver {
         loop {
             let remaining = timeout.saturating_sub(started.elapsed());
             let listener = self.notifier().listener(&me.user_id, remaining);
-            let response = self.sync_once(me, req.since).await?;
+            let response = self.sync_once(me, req.since, &req.filter).await?;
             if req.since.is_none() || response.has_news() || remaining.is_zero() {
                 return Ok(response);
             }
             listener.await;
             if started.elapsed() >= timeout {
-                return self.sync_once(me, req.since).await;
+                return self.sync_once(me, req.since, &req.filter).await;
             }
         }
     }
 
-    async fn sync_once(&self, me: &Requester, since: Option<SyncToken>) -> Result<SyncResponse> {
+    async fn sync_once(
+        &self,
+        me: &Requester,
+        since: Option<SyncToken>,
+        filter: &SyncFilter,
+    ) -> Result<SyncResponse> {
         let store = self.store();
         let now = store.current_position().await?;
         let after = since.map_or(0, |t| t.pos);
@@ -98,19 +111,20 @@ impl Homeserver {
             )
             .await?;
         let next_to_device = to_device.last().map_or(to_device_after, |m| m.pos);
-        let device_lists_changed = match since {
-            Some(_) => store.device_list_changes(&me.user_id, after, now).await?,
-            None => Vec::new(),
+        let lists = match since {
+            Some(_) => self.device_list_delta(&me.user_id, after, now).await?,
+            None => Default::default(),
         };
         Ok(SyncResponse {
             next_batch: SyncToken {
                 pos: now,
                 to_device: next_to_device,
             },
+            rooms: self.sync_rooms(me, since, now, filter).await?,
             account_data: store.account_data_changes(&me.user_id, after, now).await?,
             to_device,
-            device_lists_changed,
-            device_lists_left: Vec::new(),
+            device_lists_changed: lists.changed,
+            device_lists_left: lists.left,
             one_time_key_counts: self.one_time_key_counts(&me.user_id, &me.device_id).await?,
             unused_fallback_key_types: store
                 .fallback_keys(&me.user_id, &me.device_id)

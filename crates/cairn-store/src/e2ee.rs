@@ -385,7 +385,10 @@ impl SyncStore for SqlStore {
         up_to: u64,
     ) -> StoreResult<Vec<OwnedUserId>> {
         let users: Vec<String> = sqlx::query_scalar(
-            "SELECT DISTINCT user_id FROM device_list_changes WHERE user_id = $1 AND stream_pos > $2 AND stream_pos <= $3",
+            "SELECT DISTINCT c.user_id FROM device_list_changes c WHERE c.stream_pos > $2 AND c.stream_pos <= $3 \
+             AND (c.user_id = $1 OR c.user_id IN (SELECT o.user_id FROM memberships me \
+             JOIN memberships o ON o.room_id = me.room_id \
+             WHERE me.user_id = $1 AND me.membership = 'join' AND o.membership = 'join')) ORDER BY c.user_id",
         )
         .bind(user_id.as_str())
         .bind(ms(after))

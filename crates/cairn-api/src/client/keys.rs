@@ -61,8 +61,10 @@ pub(crate) async fn changes(
     query_param(&parts, "to")
         .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing to"))?;
     let from: SyncToken = from.parse()?;
-    let changed = state.hs.key_changes(&me.user_id, from).await?;
-    Ok(Json(json!({ "changed": changed, "left": [] })))
+    let delta = state.hs.key_changes(&me.user_id, from).await?;
+    Ok(Json(
+        json!({ "changed": delta.changed, "left": delta.left }),
+    ))
 }
 
 #[derive(Deserialize)]

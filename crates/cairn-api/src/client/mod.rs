@@ -4,6 +4,7 @@ mod account;
 mod devices;
 mod discovery;
 mod keys;
+mod rooms;
 mod sync;
 mod user_data;
 
@@ -39,6 +40,40 @@ pub(crate) fn router() -> Router<AppState> {
             put(keys::send_to_device),
         )
         .route("/sync", get(sync::sync))
+        .route("/createRoom", post(rooms::create))
+        .route("/join/{room}", post(rooms::join_by_id))
+        .route("/joined_rooms", get(rooms::joined_rooms))
+        .route("/rooms/{room}/join", post(rooms::join_by_id))
+        .route("/rooms/{room}/invite", post(rooms::invite))
+        .route("/rooms/{room}/leave", post(rooms::leave))
+        .route("/rooms/{room}/kick", post(rooms::kick))
+        .route("/rooms/{room}/ban", post(rooms::ban))
+        .route("/rooms/{room}/unban", post(rooms::unban))
+        .route("/rooms/{room}/send/{event_type}/{txn_id}", put(rooms::send))
+        .route("/rooms/{room}/state", get(rooms::all_state))
+        // matrix-sdk asks for an empty state key with a trailing slash.
+        .route(
+            "/rooms/{room}/state/{event_type}",
+            get(rooms::get_state_empty_key).put(rooms::put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room}/state/{event_type}/",
+            get(rooms::get_state_empty_key).put(rooms::put_state_empty_key),
+        )
+        .route(
+            "/rooms/{room}/state/{event_type}/{state_key}",
+            get(rooms::get_state).put(rooms::put_state),
+        )
+        .route("/rooms/{room}/members", get(rooms::members))
+        .route("/rooms/{room}/joined_members", get(rooms::joined_members))
+        .route("/rooms/{room}/messages", get(rooms::messages))
+        .route("/rooms/{room}/event/{event_id}", get(rooms::event))
+        .route(
+            "/directory/room/{alias}",
+            get(rooms::get_alias)
+                .put(rooms::put_alias)
+                .delete(rooms::delete_alias),
+        )
         .route(
             "/user/{user_id}/account_data/{data_type}",
             get(user_data::get_account_data).put(user_data::put_account_data),

@@ -285,17 +285,22 @@ impl Homeserver {
         Ok(response)
     }
 
-    /// `GET /keys/changes`: users whose device lists changed after `from` and who share a room
-    /// with the requester (or are the requester).
-    pub async fn key_changes(&self, me: &UserId, from: SyncToken) -> Result<Vec<OwnedUserId>> {
+    /// `GET /keys/changes`: users whose device lists changed after `from` (and who share a room
+    /// with the requester, or are the requester), and users no longer sharing any room.
+    pub async fn key_changes(
+        &self,
+        me: &UserId,
+        from: SyncToken,
+    ) -> Result<super::device_lists::DeviceListDelta> {
         let now = self.store().current_position().await?;
-        Ok(self.store().device_list_changes(me, from.pos, now).await?)
+        self.device_list_delta(me, from.pos, now).await
     }
 
     /// Wakes the syncs of everyone who hears about `user_id`'s device list.
     pub(crate) async fn notify_device_list_change(&self, user_id: &UserId) -> Result<()> {
-        // Today only the user; room members join this list with rooms.
-        self.notifier().notify(&[user_id]);
+        let mates = self.store().room_mates(user_id).await?;
+        let refs: Vec<&UserId> = mates.iter().map(|u| u.as_ref()).collect();
+        self.notifier().notify(&refs);
         Ok(())
     }
 

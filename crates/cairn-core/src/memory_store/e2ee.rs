@@ -244,13 +244,15 @@ impl SyncStore for MemoryStore {
         after: u64,
         up_to: u64,
     ) -> StoreResult<Vec<OwnedUserId>> {
+        let mates = self.room_mates(user_id).await?;
         let state = self.state();
         let mut users: Vec<OwnedUserId> = state
             .device_list_changes
             .iter()
-            .filter(|(pos, u)| *pos > after && *pos <= up_to && u == user_id)
+            .filter(|(pos, u)| *pos > after && *pos <= up_to && mates.contains(u))
             .map(|(_, u)| u.clone())
             .collect();
+        users.sort();
         users.dedup();
         Ok(users)
     }

@@ -16,6 +16,7 @@ fn req(since: Option<SyncToken>, timeout_ms: u64) -> SyncRequest {
     SyncRequest {
         since,
         timeout: Duration::from_millis(timeout_ms),
+        filter: Default::default(),
     }
 }
 

@@ -10,5 +10,6 @@ mod devices;
 mod durability;
 mod e2ee;
 mod errors;
+mod rooms;
 mod server;
 mod user_data;

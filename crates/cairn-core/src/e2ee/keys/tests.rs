@@ -188,7 +188,8 @@ async fn identical_device_keys_are_no_change() {
             }
         )
         .await
-        .unwrap(),
+        .unwrap()
+        .changed,
         vec![me.user_id.clone()]
     );
     hs.upload_keys(&me, upload(json!({ "device_keys": device_keys(&me) })))
@@ -209,6 +210,7 @@ async fn identical_device_keys_are_no_change() {
         )
         .await
         .unwrap()
+        .changed
         .is_empty()
     );
 }
