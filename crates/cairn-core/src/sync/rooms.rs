@@ -31,7 +31,7 @@ const INVITE_STATE_TYPES: [&str; 6] = [
 ];
 
 /// The parts of a sync filter that Cairn applies.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(default)]
 pub struct SyncFilter {
     /// The `room` part.
@@ -64,14 +64,6 @@ pub struct TimelineFilter {
 pub struct StateFilter {
     /// Send only the member events of the timeline's senders.
     pub lazy_load_members: bool,
-}
-
-impl Default for SyncFilter {
-    fn default() -> Self {
-        Self {
-            room: RoomFilter::default(),
-        }
-    }
 }
 
 /// A joined room in a sync response.
