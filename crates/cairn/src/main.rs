@@ -1,15 +1,13 @@
 //! `cairn`: the Matrix homeserver binary. Parses the command line, loads the configuration and
 //! wires the crates together; it holds no homeserver rules itself.
 
-mod config;
-mod serve;
-
 use std::io::{BufRead, IsTerminal};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use config::ConfigArgs;
+use cairn::config::{self, ConfigArgs};
+use cairn::serve;
 
 #[derive(Parser)]
 #[command(

@@ -47,8 +47,34 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore
     Ok((Homeserver::new(core, services), store, identity))
 }
 
-pub async fn run(config: Config) -> anyhow::Result<()> {
-    let (hs, store, identity) = homeserver(&config).await?;
+/// A server started in this process; [`RunningServer::stop`] shuts it down gracefully.
+pub struct RunningServer {
+    /// Where the client API listens.
+    pub client_addr: SocketAddr,
+    /// Where the federation API listens.
+    pub federation_addr: SocketAddr,
+    /// The rules, for callers that drive the server directly (tests, `cairn demo`).
+    pub homeserver: Homeserver,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningServer {
+    /// Stops accepting requests, lets in-flight ones finish, and closes the database.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.stop.send(true);
+        self.task.await.context("server task panicked")?
+    }
+
+    /// Runs until the task ends on its own (it does not, unless a listener fails).
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.task.await.context("server task panicked")?
+    }
+}
+
+/// Opens the store, binds both listeners and serves in the background.
+pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
+    let (hs, store, identity) = homeserver(config).await?;
     let tls_files = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::TlsFiles {
             cert: cert.clone(),
@@ -106,37 +132,54 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .handle(federation_handle.clone())
         .serve(federation_app);
 
-    println!(
-        "Cairn {} is serving {}",
-        env!("CARGO_PKG_VERSION"),
-        hs.config().server_name
-    );
-    println!("  client API:  http://{client_addr}");
-    println!("  federation:  https://{federation_addr}");
-    println!("  database:    {}", redact(&config.database_url()));
-    if config.registration.open {
-        println!("  registration is open");
-    } else {
-        println!("  registration is closed; create a user with: cairn user add NAME");
-    }
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
     let client = axum::serve(client_listener, client_app).with_graceful_shutdown({
         let mut stop = stop_rx.clone();
         async move {
             let _ = stop.changed().await;
         }
     });
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down");
-        let _ = stop_tx.send(true);
-        federation_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+    let task = tokio::spawn(async move {
+        let mut stop = stop_rx;
+        let federation_stop = async move {
+            let _ = stop.changed().await;
+            federation_handle.graceful_shutdown(Some(SHUTDOWN_GRACE));
+        };
+        let (client, federation, ()) =
+            tokio::join!(client.into_future(), federation, federation_stop);
+        client.context("client listener failed")?;
+        federation.context("federation listener failed")?;
+        store.close().await;
+        Ok(())
     });
-    let (client, federation) = tokio::join!(client.into_future(), federation);
-    client.context("client listener failed")?;
-    federation.context("federation listener failed")?;
-    store.close().await;
+    Ok(RunningServer {
+        client_addr,
+        federation_addr,
+        homeserver: hs,
+        stop,
+        task,
+    })
+}
+
+/// `cairn serve`: start, say where, and run until SIGTERM or SIGINT.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let server = start(&config).await?;
+    println!(
+        "Cairn {} is serving {}",
+        env!("CARGO_PKG_VERSION"),
+        server.homeserver.config().server_name
+    );
+    println!("  client API:  http://{}", server.client_addr);
+    println!("  federation:  https://{}", server.federation_addr);
+    println!("  database:    {}", redact(&config.database_url()));
+    if config.registration.open {
+        println!("  registration is open");
+    } else {
+        println!("  registration is closed; create a user with: cairn user add NAME");
+    }
+    shutdown_signal().await;
+    tracing::info!("shutting down");
+    server.stop().await?;
     println!("Cairn stopped");
     Ok(())
 }

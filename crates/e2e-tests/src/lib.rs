@@ -1,0 +1,1 @@
+//! Real-client tests live in `tests/`; this crate has no library code.
