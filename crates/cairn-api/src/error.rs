@@ -38,6 +38,7 @@ fn status(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::InvalidUsername
         | ErrorKind::UnsupportedRoomVersion
         | ErrorKind::RoomInUse
+        | ErrorKind::InvalidSignature
         | ErrorKind::Unknown => StatusCode::BAD_REQUEST,
         ErrorKind::ServerManagedAccountData => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

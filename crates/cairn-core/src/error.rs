@@ -41,6 +41,8 @@ pub enum ErrorKind {
     UnsupportedRoomVersion,
     /// `M_ROOM_IN_USE`: a room alias that is taken.
     RoomInUse,
+    /// `M_INVALID_SIGNATURE`
+    InvalidSignature,
     /// `M_UNKNOWN`: a request the server understands but refuses for a reason with no own code.
     Unknown,
     /// User-interactive authentication is needed (or a stage failed): HTTP 401 with flows.
@@ -68,6 +70,7 @@ impl ErrorKind {
             Self::TooLarge => "M_TOO_LARGE",
             Self::UnsupportedRoomVersion => "M_UNSUPPORTED_ROOM_VERSION",
             Self::RoomInUse => "M_ROOM_IN_USE",
+            Self::InvalidSignature => "M_INVALID_SIGNATURE",
             Self::Unknown | Self::Internal => "M_UNKNOWN",
             Self::UserInteractive(challenge) => challenge
                 .failure

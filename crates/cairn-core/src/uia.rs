@@ -27,6 +27,8 @@ pub enum UiaOperation {
     Register,
     /// `DELETE /devices/{id}` and `POST /delete_devices`.
     DeleteDevices,
+    /// Replacing cross-signing keys.
+    DeviceSigning,
 }
 
 impl UiaOperation {
@@ -34,13 +36,14 @@ impl UiaOperation {
         match self {
             Self::Register => "register",
             Self::DeleteDevices => "delete_devices",
+            Self::DeviceSigning => "device_signing",
         }
     }
 
     fn stage(self) -> &'static str {
         match self {
             Self::Register => DUMMY,
-            Self::DeleteDevices => PASSWORD,
+            Self::DeleteDevices | Self::DeviceSigning => PASSWORD,
         }
     }
 }

@@ -24,6 +24,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0003_rooms.sql"),
         include_str!("../migrations/postgres/0003_rooms.sql"),
     ),
+    (
+        4,
+        include_str!("../migrations/sqlite/0004_cross_signing.sql"),
+        include_str!("../migrations/postgres/0004_cross_signing.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -4,6 +4,7 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::request::Parts;
 use cairn_core::ErrorKind;
+use cairn_core::e2ee::cross_signing::{DeviceSigningUpload, SignaturesUpload};
 use cairn_core::e2ee::keys::{ClaimRequest, QueryRequest, UploadRequest};
 use cairn_core::e2ee::to_device::ToDeviceMessages;
 use cairn_core::stream::SyncToken;
@@ -26,17 +27,35 @@ pub(crate) async fn upload(
 
 pub(crate) async fn query(
     State(state): State<AppState>,
-    _: Authed,
+    Authed(me): Authed,
     JsonBody(req): JsonBody<QueryRequest>,
 ) -> Answer {
-    let res = state.hs.query_keys(req).await?;
+    let res = state.hs.query_keys(&me.user_id, req).await?;
     Ok(Json(json!({
         "device_keys": res.device_keys,
         "failures": res.failures,
-        "master_keys": {},
-        "self_signing_keys": {},
-        "user_signing_keys": {},
+        "master_keys": res.master_keys,
+        "self_signing_keys": res.self_signing_keys,
+        "user_signing_keys": res.user_signing_keys,
     })))
+}
+
+pub(crate) async fn device_signing_upload(
+    State(state): State<AppState>,
+    Authed(me): Authed,
+    JsonBody(req): JsonBody<DeviceSigningUpload>,
+) -> Answer {
+    state.hs.upload_device_signing(&me, req).await?;
+    Ok(Json(json!({})))
+}
+
+pub(crate) async fn signatures_upload(
+    State(state): State<AppState>,
+    Authed(me): Authed,
+    JsonBody(body): JsonBody<SignaturesUpload>,
+) -> Answer {
+    let failures = state.hs.upload_signatures(&me, body).await?;
+    Ok(Json(json!({ "failures": failures })))
 }
 
 pub(crate) async fn claim(

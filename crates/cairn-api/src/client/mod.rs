@@ -36,6 +36,11 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/keys/claim", post(keys::claim))
         .route("/keys/changes", get(keys::changes))
         .route(
+            "/keys/device_signing/upload",
+            post(keys::device_signing_upload),
+        )
+        .route("/keys/signatures/upload", post(keys::signatures_upload))
+        .route(
             "/sendToDevice/{event_type}/{txn_id}",
             put(keys::send_to_device),
         )
@@ -101,6 +106,15 @@ pub(crate) fn router() -> Router<AppState> {
         .route(
             "/.well-known/matrix/server",
             get(discovery::well_known_server),
+        )
+        // Older clients and Sytest still use the unstable cross-signing paths.
+        .route(
+            "/_matrix/client/unstable/keys/device_signing/upload",
+            post(keys::device_signing_upload),
+        )
+        .route(
+            "/_matrix/client/unstable/keys/signatures/upload",
+            post(keys::signatures_upload),
         )
         .nest("/_matrix/client/v3", versioned.clone())
         .nest("/_matrix/client/r0", versioned)

@@ -18,7 +18,7 @@ use super::SIGNED_CURVE25519;
 use crate::Homeserver;
 use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{KeyClaim, KeyWrite, UploadedKey};
+use crate::store::{KeyClaim, KeyUsage, KeyWrite, UploadedKey};
 use crate::stream::SyncToken;
 
 /// Most unclaimed one-time keys a device may hold. vodozemac keeps at most 5000 private
@@ -73,6 +73,12 @@ pub struct ClaimRequest {
 pub struct QueryResponse {
     /// `user -> device -> device keys with unsigned.device_display_name`.
     pub device_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, Value>>,
+    /// Master keys, with the signatures the requester may see.
+    pub master_keys: BTreeMap<OwnedUserId, Value>,
+    /// Self-signing keys.
+    pub self_signing_keys: BTreeMap<OwnedUserId, Value>,
+    /// The requester's own user-signing key, if queried.
+    pub user_signing_keys: BTreeMap<OwnedUserId, Value>,
     /// Servers that could not be asked, with the reason.
     pub failures: BTreeMap<String, Value>,
 }
@@ -226,19 +232,21 @@ impl Homeserver {
     }
 
     /// `POST /keys/query`.
-    pub async fn query_keys(&self, req: QueryRequest) -> Result<QueryResponse> {
+    pub async fn query_keys(&self, me: &UserId, req: QueryRequest) -> Result<QueryResponse> {
         let mut response = QueryResponse::default();
         for (user_id, devices) in req.device_keys {
             if !self.is_local(&user_id) {
                 self.remote_unavailable(&mut response.failures, &user_id);
                 continue;
             }
+            let signatures = self.store().key_signatures(&user_id).await?;
             let mut found = BTreeMap::new();
             for record in self.store().query_device_keys(&user_id, &devices).await? {
                 let mut keys: Map<String, Value> = serde_json::from_str(record.keys.get())
                     .map_err(|_| {
                         Error::new(ErrorKind::Internal, "stored device keys are not an object")
                     })?;
+                Self::merge_signatures(&mut keys, &signatures, record.device_id.as_str(), None);
                 let unsigned = keys
                     .entry("unsigned")
                     .or_insert_with(|| Value::Object(Map::new()));
@@ -247,7 +255,27 @@ impl Homeserver {
                 }
                 found.insert(record.device_id, Value::Object(keys));
             }
-            response.device_keys.insert(user_id, found);
+            response.device_keys.insert(user_id.clone(), found);
+            for (usage, raw) in self.store().cross_signing_keys(&user_id).await? {
+                let Ok(Value::Object(mut key)) = serde_json::from_str::<Value>(raw.get()) else {
+                    continue;
+                };
+                let public = key
+                    .get("keys")
+                    .and_then(Value::as_object)
+                    .and_then(|k| k.keys().next())
+                    .and_then(|id| id.strip_prefix("ed25519:"))
+                    .map(ToOwned::to_owned)
+                    .unwrap_or_default();
+                Self::merge_signatures(&mut key, &signatures, &public, Some(me));
+                let target = match usage {
+                    KeyUsage::Master => &mut response.master_keys,
+                    KeyUsage::SelfSigning => &mut response.self_signing_keys,
+                    KeyUsage::UserSigning if user_id == me => &mut response.user_signing_keys,
+                    KeyUsage::UserSigning => continue,
+                };
+                target.insert(user_id.clone(), Value::Object(key));
+            }
         }
         Ok(response)
     }

@@ -2,6 +2,7 @@
 //! messaging ([`to_device`]). The server never sees plaintext; it stores and hands out the
 //! JSON that clients upload, byte for byte, because clients verify signatures over it.
 
+pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
 pub mod to_device;

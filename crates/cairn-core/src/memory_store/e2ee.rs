@@ -272,3 +272,59 @@ impl SyncStore for MemoryStore {
             .collect())
     }
 }
+
+#[async_trait]
+impl CrossSigningStore for MemoryStore {
+    async fn cross_signing_keys(
+        &self,
+        user_id: &UserId,
+    ) -> StoreResult<Vec<(KeyUsage, Box<RawValue>)>> {
+        let state = self.state();
+        Ok(state
+            .cross_signing
+            .iter()
+            .filter(|((u, _), _)| u == user_id)
+            .map(|((_, usage), json)| (*usage, raw(json)))
+            .collect())
+    }
+
+    async fn set_cross_signing_keys(
+        &self,
+        user_id: &UserId,
+        keys: &[(KeyUsage, Box<RawValue>)],
+    ) -> StoreResult<()> {
+        let mut state = self.state();
+        for (usage, key) in keys {
+            state
+                .cross_signing
+                .insert((user_id.to_owned(), *usage), key.get().to_owned());
+        }
+        state.advance(Some(user_id));
+        Ok(())
+    }
+
+    async fn add_key_signatures(&self, signatures: &[KeySignature]) -> StoreResult<()> {
+        let mut state = self.state();
+        for sig in signatures {
+            state.key_signatures.retain(|s| {
+                !(s.target_user == sig.target_user
+                    && s.target_key == sig.target_key
+                    && s.signer_user == sig.signer_user
+                    && s.signer_key_id == sig.signer_key_id)
+            });
+            state.key_signatures.push(sig.clone());
+            state.advance(Some(&sig.target_user));
+        }
+        Ok(())
+    }
+
+    async fn key_signatures(&self, target_user: &UserId) -> StoreResult<Vec<KeySignature>> {
+        Ok(self
+            .state()
+            .key_signatures
+            .iter()
+            .filter(|s| s.target_user == target_user)
+            .cloned()
+            .collect())
+    }
+}

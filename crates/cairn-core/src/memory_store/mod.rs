@@ -27,6 +27,8 @@ struct State {
     inbox: BTreeMap<(OwnedUserId, OwnedDeviceId, u64), (OwnedUserId, String, String)>,
     txns: std::collections::BTreeSet<(OwnedUserId, OwnedDeviceId, String)>,
     rooms: rooms::Rooms,
+    cross_signing: BTreeMap<(OwnedUserId, KeyUsage), String>,
+    key_signatures: Vec<KeySignature>,
     users: BTreeMap<OwnedUserId, (UserRecord, Profile)>,
     devices: BTreeMap<(OwnedUserId, OwnedDeviceId), DeviceRecord>,
     tokens: BTreeMap<String, (OwnedUserId, OwnedDeviceId)>,

@@ -248,6 +248,7 @@ pub trait Store:
     + ToDeviceStore
     + SyncStore
     + RoomStore
+    + CrossSigningStore
 {
 }
 
@@ -261,10 +262,13 @@ impl<T> Store for T where
         + ToDeviceStore
         + SyncStore
         + RoomStore
+        + CrossSigningStore
 {
 }
 
+mod cross_signing;
 mod e2ee;
 mod rooms;
+pub use cross_signing::*;
 pub use e2ee::*;
 pub use rooms::*;

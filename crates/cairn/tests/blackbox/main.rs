@@ -6,6 +6,7 @@ mod harness;
 
 mod accounts;
 mod cli;
+mod cross_signing;
 mod devices;
 mod durability;
 mod e2ee;

@@ -356,7 +356,7 @@ async fn query_returns_keys_with_display_names() {
     hs.upload_keys(&me, upload(json!({ "device_keys": device_keys(&me) })))
         .await
         .unwrap();
-    let q = |body: Value| hs.query_keys(serde_json::from_value(body).unwrap());
+    let q = |body: Value| hs.query_keys(&bob.user_id, serde_json::from_value(body).unwrap());
     let res = q(json!({ "device_keys": { me.user_id.as_str(): [], bob.user_id.as_str(): [] } }))
         .await
         .unwrap();
