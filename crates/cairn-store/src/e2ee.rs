@@ -32,6 +32,14 @@ fn uploaded_key(row: &AnyRow) -> StoreResult<UploadedKey> {
     })
 }
 
+/// `$first, $first+1, ...`: `count` numbered placeholders.
+fn placeholders(first: usize, count: usize) -> String {
+    (first..first + count)
+        .map(|n| format!("${n}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn parse_user(raw: String) -> StoreResult<OwnedUserId> {
     UserId::parse(raw).map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
 }
@@ -63,31 +71,27 @@ impl KeyStore for SqlStore {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        // Fetch the device's keys of the wanted algorithms and filter here: portable, and a
-        // device holds few keys.
-        let mut found = Vec::new();
-        let mut algorithms: Vec<&str> = wanted.iter().map(|(a, _)| a.as_str()).collect();
-        algorithms.sort_unstable();
-        algorithms.dedup();
-        for algorithm in algorithms {
-            let rows = sqlx::query(
-                "SELECT algorithm, key_id, key_json FROM one_time_keys \
-                 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3",
-            )
+        // Key IDs are unique enough to select by; the algorithm is checked here.
+        let sql = format!(
+            "SELECT algorithm, key_id, key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
+             AND key_id IN ({})",
+            placeholders(3, wanted.len())
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql))
             .bind(user_id.as_str())
-            .bind(device_id.as_str())
-            .bind(algorithm)
-            .fetch_all(&self.read)
-            .await
-            .map_err(backend_err)?;
-            for row in &rows {
-                let key = uploaded_key(row)?;
-                if wanted
-                    .iter()
-                    .any(|(a, k)| *a == key.algorithm && *k == key.key_id)
-                {
-                    found.push(key);
-                }
+            .bind(device_id.as_str());
+        for (_, key_id) in wanted {
+            query = query.bind(key_id.as_str());
+        }
+        let rows = query.fetch_all(&self.read).await.map_err(backend_err)?;
+        let mut found = Vec::new();
+        for row in &rows {
+            let key = uploaded_key(row)?;
+            if wanted
+                .iter()
+                .any(|(a, k)| *a == key.algorithm && *k == key.key_id)
+            {
+                found.push(key);
             }
         }
         Ok(found)
@@ -133,19 +137,24 @@ impl KeyStore for SqlStore {
             .map_err(backend_err)?;
             record_device_list_change(&mut tx, user).await?;
         }
-        for key in &write.one_time_keys {
-            sqlx::query(
-                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) \
-                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
-            )
-            .bind(user)
-            .bind(device)
-            .bind(&key.algorithm)
-            .bind(&key.key_id)
-            .bind(key.key.get())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err)?;
+        // One statement for all new one-time keys (chunks stay far below SQLite's 32766 parameters).
+        for chunk in write.one_time_keys.chunks(1000) {
+            let values: Vec<String> = (0..chunk.len())
+                .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+                .collect();
+            let sql = format!(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
+                 ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user).bind(device);
+            for key in chunk {
+                query = query
+                    .bind(key.algorithm.as_str())
+                    .bind(key.key_id.as_str())
+                    .bind(key.key.get());
+            }
+            query.execute(&mut *tx).await.map_err(backend_err)?;
         }
         for key in &write.fallback_keys {
             sqlx::query(
@@ -207,14 +216,15 @@ impl KeyStore for SqlStore {
              WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1{lock}) \
              RETURNING algorithm, key_id, key_json"
         );
-        let mut tx = self.begin().await?;
+        // Each claim is one self-contained statement (two when it falls back): atomic on its own,
+        // so no wrapping transaction and no extra round trips to the database.
         let mut out = Vec::with_capacity(claims.len());
         for claim in claims {
             let row = sqlx::query(AssertSqlSafe(take_otk.as_str()))
                 .bind(claim.user_id.as_str())
                 .bind(claim.device_id.as_str())
                 .bind(&claim.algorithm)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.write)
                 .await
                 .map_err(backend_err)?;
             let row = match row {
@@ -226,13 +236,12 @@ impl KeyStore for SqlStore {
                 .bind(claim.user_id.as_str())
                 .bind(claim.device_id.as_str())
                 .bind(&claim.algorithm)
-                .fetch_optional(&mut *tx)
+                .fetch_optional(&self.write)
                 .await
                 .map_err(backend_err)?,
             };
             out.push(row.as_ref().map(uploaded_key).transpose()?);
         }
-        tx.commit().await.map_err(backend_err)?;
         Ok(out)
     }
 
@@ -241,27 +250,30 @@ impl KeyStore for SqlStore {
         user_id: &UserId,
         device_ids: &[OwnedDeviceId],
     ) -> StoreResult<Vec<DeviceKeysRecord>> {
-        let rows = sqlx::query(
-            "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k \
-             JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id \
-             WHERE k.user_id = $1 ORDER BY k.device_id",
-        )
-        .bind(user_id.as_str())
-        .fetch_all(&self.read)
-        .await
-        .map_err(backend_err)?;
-        let mut out = Vec::new();
-        for row in &rows {
-            let device_id: OwnedDeviceId = get::<String>(row, "device_id")?.into();
-            if device_ids.is_empty() || device_ids.contains(&device_id) {
-                out.push(DeviceKeysRecord {
-                    device_id,
+        let base = "SELECT k.device_id, k.key_json, d.display_name FROM device_keys k \
+                    JOIN devices d ON d.user_id = k.user_id AND d.device_id = k.device_id WHERE k.user_id = $1";
+        let sql = if device_ids.is_empty() {
+            format!("{base} ORDER BY k.device_id")
+        } else {
+            format!(
+                "{base} AND k.device_id IN ({}) ORDER BY k.device_id",
+                placeholders(2, device_ids.len())
+            )
+        };
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user_id.as_str());
+        for device_id in device_ids {
+            query = query.bind(device_id.as_str());
+        }
+        let rows = query.fetch_all(&self.read).await.map_err(backend_err)?;
+        rows.iter()
+            .map(|row| {
+                Ok(DeviceKeysRecord {
+                    device_id: get::<String>(row, "device_id")?.into(),
                     keys: raw_json(get(row, "key_json")?)?,
                     display_name: get(row, "display_name")?,
-                });
-            }
-        }
-        Ok(out)
+                })
+            })
+            .collect()
     }
 
     async fn eager_share_fallback_keys(

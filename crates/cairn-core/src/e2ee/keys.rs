@@ -151,21 +151,24 @@ impl Homeserver {
                 None => one_time_keys.push(key),
             }
         }
-        if !one_time_keys.is_empty() {
-            let held: u64 = store
-                .one_time_key_counts(&me.user_id, &me.device_id)
-                .await?
-                .values()
-                .sum();
-            if held + one_time_keys.len() as u64 > MAX_ONE_TIME_KEYS_PER_DEVICE {
-                return Err(Error::new(
-                    ErrorKind::InvalidParam,
-                    format!(
-                        "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
-                    ),
-                ));
-            }
+        // Counted once: the answer is what was held plus what this upload adds.
+        let mut counts = self
+            .store()
+            .one_time_key_counts(&me.user_id, &me.device_id)
+            .await?;
+        let held: u64 = counts.values().sum();
+        if held + one_time_keys.len() as u64 > MAX_ONE_TIME_KEYS_PER_DEVICE {
+            return Err(Error::new(
+                ErrorKind::InvalidParam,
+                format!(
+                    "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
+                ),
+            ));
         }
+        for key in &one_time_keys {
+            *counts.entry(key.algorithm.clone()).or_insert(0) += 1;
+        }
+        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
 
         let uploaded_fallbacks = split_key_ids(req.fallback_keys)?;
         for (i, key) in uploaded_fallbacks.iter().enumerate() {
@@ -217,7 +220,7 @@ impl Homeserver {
         if changed_device_keys {
             self.notify_device_list_change(&me.user_id).await?;
         }
-        self.one_time_key_counts(&me.user_id, &me.device_id).await
+        Ok(counts)
     }
 
     /// One-time key counts with `signed_curve25519` always present.
