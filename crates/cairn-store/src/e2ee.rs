@@ -9,9 +9,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
-use crate::{
-    Backend, SqlStore, backend_err, from_ms, ms, next_position, record_device_list_change,
-};
+use crate::{SqlStore, backend_err, from_ms, ms, next_position, record_device_list_change};
 
 fn raw_json(text: String) -> StoreResult<Box<RawValue>> {
     RawValue::from_string(text).map_err(|e| StoreError::Backend(format!("bad stored JSON: {e}")))
@@ -205,44 +203,20 @@ impl KeyStore for SqlStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        // PostgreSQL: concurrent claimers skip each other's locked rows, so no key is handed out
-        // twice and none waits. SQLite has one writer at a time, so the plain form is atomic.
-        let lock = match self.backend {
-            Backend::Postgres => " FOR UPDATE SKIP LOCKED",
-            Backend::Sqlite => "",
-        };
-        let take_otk = format!(
-            "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys \
-             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1{lock}) \
-             RETURNING algorithm, key_id, key_json"
-        );
-        // Each claim is one self-contained statement (two when it falls back): atomic on its own,
-        // so no wrapping transaction and no extra round trips to the database.
-        let mut out = Vec::with_capacity(claims.len());
-        for claim in claims {
-            let row = sqlx::query(AssertSqlSafe(take_otk.as_str()))
-                .bind(claim.user_id.as_str())
-                .bind(claim.device_id.as_str())
-                .bind(&claim.algorithm)
-                .fetch_optional(&self.write)
-                .await
-                .map_err(backend_err)?;
-            let row = match row {
-                Some(row) => Some(row),
-                None => sqlx::query(
-                    "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-                     RETURNING algorithm, key_id, key_json",
-                )
-                .bind(claim.user_id.as_str())
-                .bind(claim.device_id.as_str())
-                .bind(&claim.algorithm)
-                .fetch_optional(&self.write)
-                .await
-                .map_err(backend_err)?,
-            };
-            out.push(row.as_ref().map(uploaded_key).transpose()?);
+        match (&self.claims, self.backend) {
+            // SQLite: group commit (see `claims`).
+            (Some(batcher), _) => batcher.claim(claims.to_vec()).await,
+            // PostgreSQL: each claim is one self-contained statement, atomic on its own;
+            // concurrent claimers skip each other's locked rows, so no key is handed out twice.
+            _ => {
+                let mut conn = self.write.acquire().await.map_err(backend_err)?;
+                let mut out = Vec::with_capacity(claims.len());
+                for claim in claims {
+                    out.push(claim_one(&mut conn, claim, " FOR UPDATE SKIP LOCKED").await?);
+                }
+                Ok(out)
+            }
         }
-        Ok(out)
     }
 
     async fn query_device_keys(
@@ -533,4 +507,33 @@ impl CrossSigningStore for SqlStore {
             })
             .collect()
     }
+}
+
+/// Takes the oldest one-time key of the claim, else marks the fallback key used and returns it.
+pub(crate) async fn claim_one(
+    conn: &mut sqlx::AnyConnection,
+    claim: &KeyClaim,
+    lock: &str,
+) -> StoreResult<Option<UploadedKey>> {
+    let row = sqlx::query(crate::claims::take_otk_sql(lock))
+        .bind(claim.user_id.as_str())
+        .bind(claim.device_id.as_str())
+        .bind(&claim.algorithm)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend_err)?;
+    let row = match row {
+        Some(row) => Some(row),
+        None => sqlx::query(
+            "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
+             RETURNING algorithm, key_id, key_json",
+        )
+        .bind(claim.user_id.as_str())
+        .bind(claim.device_id.as_str())
+        .bind(&claim.algorithm)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(backend_err)?,
+    };
+    row.as_ref().map(uploaded_key).transpose()
 }

@@ -12,6 +12,7 @@
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
+mod claims;
 mod e2ee;
 mod migrate;
 mod rooms;
@@ -52,6 +53,8 @@ pub struct SqlStore {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
+    /// Group commit for key claims (SQLite only).
+    claims: Option<claims::ClaimBatcher>,
 }
 
 impl SqlStore {
@@ -94,10 +97,12 @@ impl SqlStore {
                 let read = pool(options.max_connections.max(1))
                     .await
                     .map_err(backend_err)?;
+                let claims = Some(claims::ClaimBatcher::start(write.clone()));
                 Self {
                     backend,
                     read,
                     write,
+                    claims,
                 }
             }
             Backend::Postgres => {
@@ -111,6 +116,7 @@ impl SqlStore {
                     backend,
                     read: pool.clone(),
                     write: pool,
+                    claims: None,
                 }
             }
         };
