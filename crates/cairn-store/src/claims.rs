@@ -82,7 +82,7 @@ async fn commit(
     for (claims, _) in batch {
         let mut mine = Vec::with_capacity(claims.len());
         for claim in claims {
-            mine.push(crate::e2ee::claim_one(&mut *tx, claim, "").await?);
+            mine.push(crate::e2ee::claim_one(&mut tx, claim, "").await?);
         }
         results.push(mine);
     }
