@@ -8,6 +8,7 @@ use sqlx::{AssertSqlSafe, Executor, Row};
 use crate::{Backend, SqlStore, backend_err};
 
 /// `(version, SQLite script, PostgreSQL script)`, in order. Never edit a released entry.
+/// Scripts valid on both databases live in `migrations/common` and are named twice.
 const MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -21,13 +22,13 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
     ),
     (
         3,
-        include_str!("../migrations/sqlite/0003_rooms.sql"),
-        include_str!("../migrations/postgres/0003_rooms.sql"),
+        include_str!("../migrations/common/0003_rooms.sql"),
+        include_str!("../migrations/common/0003_rooms.sql"),
     ),
     (
         4,
-        include_str!("../migrations/sqlite/0004_cross_signing.sql"),
-        include_str!("../migrations/postgres/0004_cross_signing.sql"),
+        include_str!("../migrations/common/0004_cross_signing.sql"),
+        include_str!("../migrations/common/0004_cross_signing.sql"),
     ),
 ];
 
