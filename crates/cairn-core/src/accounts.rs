@@ -194,6 +194,23 @@ impl Homeserver {
             req.device_id.as_deref(),
             req.initial_device_display_name.as_deref(),
         )?;
+        // A device ID equal to a cross-signing public key would make that key look like a device.
+        for (_, key) in self.store().cross_signing_keys(&user_id).await? {
+            let key: serde_json::Value = serde_json::from_str(key.get()).unwrap_or_default();
+            let public = key
+                .get("keys")
+                .and_then(|k| k.as_object())
+                .into_iter()
+                .flat_map(|k| k.values());
+            if public
+                .filter_map(|v| v.as_str())
+                .any(|p| p == device.device_id.as_str())
+            {
+                return Err(Error::invalid_param(
+                    "This device ID is one of the user's cross-signing keys",
+                ));
+            }
+        }
         self.store().add_device_token(&device).await?;
         self.notify_device_list_change(&user_id).await?;
         Ok(session)
