@@ -69,27 +69,32 @@ impl KeyStore for SqlStore {
         if wanted.is_empty() {
             return Ok(Vec::new());
         }
-        // Key IDs are unique enough to select by; the algorithm is checked here.
-        let sql = format!(
-            "SELECT algorithm, key_id, key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
-             AND key_id IN ({})",
-            placeholders(3, wanted.len())
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql))
-            .bind(user_id.as_str())
-            .bind(device_id.as_str());
-        for (_, key_id) in wanted {
-            query = query.bind(key_id.as_str());
-        }
-        let rows = query.fetch_all(&self.read).await.map_err(backend_err)?;
+        // One indexed lookup per algorithm (uploads rarely mix algorithms): the unique index is
+        // (user, device, algorithm, key_id), so the algorithm must be fixed to reach the key IDs.
+        let mut algorithms: Vec<&str> = wanted.iter().map(|(a, _)| a.as_str()).collect();
+        algorithms.sort_unstable();
+        algorithms.dedup();
         let mut found = Vec::new();
-        for row in &rows {
-            let key = uploaded_key(row)?;
-            if wanted
+        for algorithm in algorithms {
+            let ids: Vec<&str> = wanted
                 .iter()
-                .any(|(a, k)| *a == key.algorithm && *k == key.key_id)
-            {
-                found.push(key);
+                .filter(|(a, _)| a == algorithm)
+                .map(|(_, k)| k.as_str())
+                .collect();
+            let sql = format!(
+                "SELECT algorithm, key_id, key_json FROM one_time_keys WHERE user_id = $1 AND device_id = $2 \
+                 AND algorithm = $3 AND key_id IN ({})",
+                placeholders(4, ids.len())
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql))
+                .bind(user_id.as_str())
+                .bind(device_id.as_str())
+                .bind(algorithm);
+            for id in ids {
+                query = query.bind(id);
+            }
+            for row in &query.fetch_all(&self.read).await.map_err(backend_err)? {
+                found.push(uploaded_key(row)?);
             }
         }
         Ok(found)
