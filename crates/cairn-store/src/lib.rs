@@ -26,12 +26,6 @@ use cairn_core::store::{StoreError, StoreResult};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{Any, AnyPool, Executor, Transaction};
 
-/// Page cache per connection, in KiB. SQLite's default (2 MiB) makes key-heavy tables re-read
-/// pages from the OS on every statement.
-const SQLITE_CACHE_KIB: u32 = 32 * 1024;
-/// Memory-mapped reads, in bytes: reads skip a copy through SQLite's page cache.
-const SQLITE_MMAP_BYTES: u64 = 256 * 1024 * 1024;
-
 /// How long SQLite waits for another process's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
 
@@ -86,9 +80,7 @@ impl SqlStore {
                             Box::pin(async move {
                                 conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
                                     "PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}; \
-                                     PRAGMA synchronous = FULL; \
-                                     PRAGMA cache_size = -{SQLITE_CACHE_KIB}; \
-                                     PRAGMA mmap_size = {SQLITE_MMAP_BYTES};"
+                                     PRAGMA synchronous = FULL;"
                                 ))))
                                 .await?;
                                 Ok(())
