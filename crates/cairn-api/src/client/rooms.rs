@@ -47,7 +47,6 @@ pub(crate) struct Target {
 
 #[derive(Default, Deserialize)]
 pub(crate) struct Reason {
-    #[allow(dead_code)]
     reason: Option<String>,
 }
 
@@ -74,9 +73,12 @@ pub(crate) async fn leave(
     State(state): State<AppState>,
     Authed(me): Authed,
     PathParams(room): PathParams<String>,
-    OptionalJsonBody(_): OptionalJsonBody<Reason>,
+    OptionalJsonBody(body): OptionalJsonBody<Reason>,
 ) -> Answer {
-    state.hs.leave_room(&me, &room_id(&room)?).await?;
+    state
+        .hs
+        .leave_room(&me, &room_id(&room)?, body.reason.as_deref())
+        .await?;
     Ok(Json(json!({})))
 }
 

@@ -72,7 +72,12 @@ impl Homeserver {
     }
 
     /// Leaves a room (also declines an invite).
-    pub async fn leave_room(&self, me: &Requester, room_id: &RoomId) -> Result<()> {
+    pub async fn leave_room(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        reason: Option<&str>,
+    ) -> Result<()> {
         if self
             .store()
             .membership(room_id, &me.user_id)
@@ -86,7 +91,7 @@ impl Homeserver {
             room_id,
             &me.user_id,
             json!({ "membership": "leave" }),
-            None,
+            reason,
         )
         .await
     }

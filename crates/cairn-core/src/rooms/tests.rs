@@ -139,9 +139,9 @@ async fn invites_joins_and_what_the_auth_rules_refuse() {
     hs.invite(&alice, &room, &carol.user_id, None, false)
         .await
         .unwrap();
-    hs.leave_room(&carol, &room).await.unwrap(); // declines
+    hs.leave_room(&carol, &room, Some("not now")).await.unwrap(); // declines
     assert_eq!(
-        hs.leave_room(&carol, ruma::room_id!("!nope:example.org"))
+        hs.leave_room(&carol, ruma::room_id!("!nope:example.org"), None)
             .await
             .unwrap_err()
             .kind,

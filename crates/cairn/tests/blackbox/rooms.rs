@@ -149,7 +149,7 @@ async fn a_private_chat_from_invite_to_leave(backend: Backend) {
     c.post(
         &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room)),
         Some(&bob.token),
-        json!({}),
+        json!({ "reason": "done" }),
     )
     .await
     .ok();
@@ -159,7 +159,9 @@ async fn a_private_chat_from_invite_to_leave(backend: Backend) {
             .as_array()
             .unwrap()
             .iter()
-            .any(|e| e["type"] == "m.room.member" && e["content"]["membership"] == "leave")
+            .any(|e| e["type"] == "m.room.member"
+                && e["content"]["membership"] == "leave"
+                && e["content"]["reason"] == "done")
     );
     assert!(left["rooms"]["join"].get(&room).is_none());
     let path = format!(
