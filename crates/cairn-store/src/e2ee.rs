@@ -125,65 +125,15 @@ impl KeyStore for SqlStore {
     }
 
     async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
-        let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
-        let mut tx = self.begin().await?;
-        if let Some(keys) = &write.device_keys {
-            sqlx::query(
-                "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
-                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
-            )
-            .bind(user)
-            .bind(device)
-            .bind(keys.get())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-            record_device_list_change(&mut tx, user).await?;
-        }
-        // One statement for all new one-time keys (chunks stay far below SQLite's 32766 parameters).
-        for chunk in write.one_time_keys.chunks(1000) {
-            let values: Vec<String> = (0..chunk.len())
-                .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
-                .collect();
-            let sql = format!(
-                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
-                 ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user).bind(device);
-            for key in chunk {
-                query = query
-                    .bind(key.algorithm.as_str())
-                    .bind(key.key_id.as_str())
-                    .bind(key.key.get());
+        match &self.writes {
+            // SQLite: group commit with other uploads and claims (see `claims`).
+            Some(batcher) => batcher.write_keys(write.clone()).await,
+            None => {
+                let mut tx = self.begin().await?;
+                write_keys_in(&mut tx, write).await?;
+                tx.commit().await.map_err(backend_err)
             }
-            query.execute(&mut *tx).await.map_err(backend_err)?;
         }
-        for key in &write.fallback_keys {
-            sqlx::query(
-                "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
-                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) \
-                 DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
-            )
-            .bind(user)
-            .bind(device)
-            .bind(&key.algorithm)
-            .bind(&key.key_id)
-            .bind(key.key.get())
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-        }
-        if let Some(eager) = write.eager_share_fallback_keys {
-            sqlx::query("UPDATE devices SET eager_share_fallback_keys = $1 WHERE user_id = $2 AND device_id = $3")
-                .bind(i64::from(eager))
-                .bind(user)
-                .bind(device)
-                .execute(&mut *tx)
-                .await
-                .map_err(backend_err)?;
-        }
-        tx.commit().await.map_err(backend_err)
     }
 
     async fn one_time_key_counts(
@@ -208,7 +158,7 @@ impl KeyStore for SqlStore {
         if claims.is_empty() {
             return Ok(Vec::new());
         }
-        match (&self.claims, self.backend) {
+        match (&self.writes, self.backend) {
             // SQLite: group commit (see `claims`).
             (Some(batcher), _) => batcher.claim(claims.to_vec()).await,
             // PostgreSQL: each claim is one self-contained statement, atomic on its own;
@@ -541,4 +491,69 @@ pub(crate) async fn claim_one(
         .map_err(backend_err)?,
     };
     row.as_ref().map(uploaded_key).transpose()
+}
+
+/// Writes a key upload with `conn`, inside a transaction the caller commits.
+pub(crate) async fn write_keys_in(
+    conn: &mut sqlx::AnyConnection,
+    write: &KeyWrite,
+) -> StoreResult<()> {
+    let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+    if let Some(keys) = &write.device_keys {
+        sqlx::query(
+            "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
+                 ON CONFLICT (user_id, device_id) DO UPDATE SET key_json = excluded.key_json",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(keys.get())
+        .execute(&mut *conn)
+        .await
+        .map_err(backend_err)?;
+        record_device_list_change(conn, user).await?;
+    }
+    // One statement for all new one-time keys (chunks stay far below SQLite's 32766 parameters).
+    for chunk in write.one_time_keys.chunks(1000) {
+        let values: Vec<String> = (0..chunk.len())
+            .map(|i| format!("($1, $2, ${}, ${}, ${})", 3 + 3 * i, 4 + 3 * i, 5 + 3 * i))
+            .collect();
+        let sql = format!(
+            "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
+                 ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+            values.join(", ")
+        );
+        let mut query = sqlx::query(AssertSqlSafe(sql)).bind(user).bind(device);
+        for key in chunk {
+            query = query
+                .bind(key.algorithm.as_str())
+                .bind(key.key_id.as_str())
+                .bind(key.key.get());
+        }
+        query.execute(&mut *conn).await.map_err(backend_err)?;
+    }
+    for key in &write.fallback_keys {
+        sqlx::query(
+            "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
+                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) \
+                 DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
+        )
+        .bind(user)
+        .bind(device)
+        .bind(&key.algorithm)
+        .bind(&key.key_id)
+        .bind(key.key.get())
+        .execute(&mut *conn)
+        .await
+        .map_err(backend_err)?;
+    }
+    if let Some(eager) = write.eager_share_fallback_keys {
+        sqlx::query("UPDATE devices SET eager_share_fallback_keys = $1 WHERE user_id = $2 AND device_id = $3")
+                .bind(i64::from(eager))
+                .bind(user)
+                .bind(device)
+                .execute(&mut *conn)
+                .await
+                .map_err(backend_err)?;
+    }
+    Ok(())
 }

@@ -53,8 +53,8 @@ pub struct SqlStore {
     backend: Backend,
     read: AnyPool,
     write: AnyPool,
-    /// Group commit for key claims (SQLite only).
-    claims: Option<claims::ClaimBatcher>,
+    /// Group commit for key claims and uploads (SQLite only).
+    writes: Option<claims::WriteBatcher>,
 }
 
 impl SqlStore {
@@ -97,12 +97,12 @@ impl SqlStore {
                 let read = pool(options.max_connections.max(1))
                     .await
                     .map_err(backend_err)?;
-                let claims = Some(claims::ClaimBatcher::start(write.clone()));
+                let writes = Some(claims::WriteBatcher::start(write.clone()));
                 Self {
                     backend,
                     read,
                     write,
-                    claims,
+                    writes,
                 }
             }
             Backend::Postgres => {
@@ -116,7 +116,7 @@ impl SqlStore {
                     backend,
                     read: pool.clone(),
                     write: pool,
-                    claims: None,
+                    writes: None,
                 }
             }
         };
@@ -147,10 +147,10 @@ impl SqlStore {
 
 /// Takes the next stream position inside `tx`. The counter row stays locked until `tx` ends,
 /// so positions commit in order (see `cairn_core::store::e2ee`).
-async fn next_position(tx: &mut Transaction<'static, Any>) -> StoreResult<u64> {
+async fn next_position(tx: &mut sqlx::AnyConnection) -> StoreResult<u64> {
     let pos: i64 =
         sqlx::query_scalar("UPDATE stream_position SET pos = pos + 1 WHERE id = 1 RETURNING pos")
-            .fetch_one(&mut **tx)
+            .fetch_one(&mut *tx)
             .await
             .map_err(backend_err)?;
     Ok(from_ms(pos))
@@ -158,14 +158,14 @@ async fn next_position(tx: &mut Transaction<'static, Any>) -> StoreResult<u64> {
 
 /// Records, at a new stream position, that `user_id`'s device list changed.
 async fn record_device_list_change(
-    tx: &mut Transaction<'static, Any>,
+    tx: &mut sqlx::AnyConnection,
     user_id: &str,
 ) -> StoreResult<u64> {
     let pos = next_position(tx).await?;
     sqlx::query("INSERT INTO device_list_changes (stream_pos, user_id) VALUES ($1, $2)")
         .bind(ms(pos))
         .bind(user_id)
-        .execute(&mut **tx)
+        .execute(&mut *tx)
         .await
         .map_err(backend_err)?;
     Ok(pos)

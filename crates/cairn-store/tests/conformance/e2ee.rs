@@ -361,3 +361,48 @@ pub(crate) async fn positions_order_account_data_and_device_list_changes(h: &Har
             .is_empty()
     );
 }
+
+pub(crate) async fn concurrent_uploads_and_claims_all_land(h: &Harness) {
+    let s = with_alice(h).await;
+    let store = Arc::new(s.clone());
+    let uploads: Vec<_> = (0..20)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let keys = (0..10)
+                    .map(|k| key("alg", &format!("t{t}k{k}"), &format!(r#""v{t}_{k}""#)))
+                    .collect();
+                store.write_keys(&write(keys, vec![])).await.unwrap();
+            })
+        })
+        .collect();
+    for task in uploads {
+        task.await.unwrap();
+    }
+    assert_eq!(
+        s.one_time_key_counts(alice(), "D1".into()).await.unwrap()["alg"],
+        200
+    );
+    let claims: Vec<_> = (0..10)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .claim_keys(&[claim("alg"), claim("alg")])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    let mut got = Vec::new();
+    for task in claims {
+        got.extend(task.await.unwrap().into_iter().flatten().map(|k| k.key_id));
+    }
+    got.sort();
+    got.dedup();
+    assert_eq!(got.len(), 20, "20 distinct keys claimed");
+    assert_eq!(
+        s.one_time_key_counts(alice(), "D1".into()).await.unwrap()["alg"],
+        180
+    );
+}

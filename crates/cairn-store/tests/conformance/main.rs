@@ -71,6 +71,7 @@ conformance!(
     keys_are_written_and_read_back_exactly,
     claims_take_one_time_keys_in_upload_order_then_the_fallback,
     concurrent_claims_never_hand_out_a_key_twice,
+    concurrent_uploads_and_claims_all_land,
     deleting_a_device_deletes_its_keys_and_inbox,
     to_device_batches_are_deduplicated_and_paged,
     positions_order_account_data_and_device_list_changes,
