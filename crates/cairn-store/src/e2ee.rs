@@ -126,7 +126,7 @@ impl KeyStore for SqlStore {
 
     async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
         match &self.writes {
-            // SQLite: group commit with other uploads and claims (see `claims`).
+            // SQLite: group commit with other uploads and claims (see `group_commit`).
             Some(batcher) => batcher.write_keys(write.clone()).await,
             None => {
                 let mut tx = self.begin().await?;
@@ -159,7 +159,7 @@ impl KeyStore for SqlStore {
             return Ok(Vec::new());
         }
         match (&self.writes, self.backend) {
-            // SQLite: group commit (see `claims`).
+            // SQLite: group commit (see `group_commit`).
             (Some(batcher), _) => batcher.claim(claims.to_vec()).await,
             // PostgreSQL: each claim is one self-contained statement, atomic on its own;
             // concurrent claimers skip each other's locked rows, so no key is handed out twice.
@@ -470,7 +470,7 @@ pub(crate) async fn claim_one(
     claim: &KeyClaim,
     lock: &str,
 ) -> StoreResult<Option<UploadedKey>> {
-    let row = sqlx::query(crate::claims::take_otk_sql(lock))
+    let row = sqlx::query(crate::group_commit::take_otk_sql(lock))
         .bind(claim.user_id.as_str())
         .bind(claim.device_id.as_str())
         .bind(&claim.algorithm)

@@ -12,8 +12,8 @@
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
-mod claims;
 mod e2ee;
+mod group_commit;
 mod migrate;
 mod rooms;
 mod server_keys;
@@ -54,7 +54,7 @@ pub struct SqlStore {
     read: AnyPool,
     write: AnyPool,
     /// Group commit for key claims and uploads (SQLite only).
-    writes: Option<claims::WriteBatcher>,
+    writes: Option<group_commit::WriteBatcher>,
 }
 
 impl SqlStore {
@@ -97,7 +97,7 @@ impl SqlStore {
                 let read = pool(options.max_connections.max(1))
                     .await
                     .map_err(backend_err)?;
-                let writes = Some(claims::WriteBatcher::start(write.clone()));
+                let writes = Some(group_commit::WriteBatcher::start(write.clone()));
                 Self {
                     backend,
                     read,
