@@ -113,7 +113,18 @@ impl Homeserver {
         self.create_account(&localpart, req.password, device).await
     }
 
-    /// `GET /register/available`: the canonical localpart if it is valid and free.
+    /// `GET /register/available`: refused while registration is closed; otherwise the name must
+    /// be given, valid and free.
+    pub async fn username_available(&self, username: Option<&str>) -> Result<()> {
+        if !self.config().registration_open {
+            return Err(Error::forbidden("Registration is disabled"));
+        }
+        let username =
+            username.ok_or_else(|| Error::new(ErrorKind::MissingParam, "Missing username"))?;
+        self.check_username_available(username).await.map(|_| ())
+    }
+
+    /// The canonical localpart if it is valid and free.
     pub async fn check_username_available(&self, username: &str) -> Result<String> {
         let localpart = ids::canonical_localpart(username, &self.config().server_name)?;
         let user_id = ids::user_id(&localpart, &self.config().server_name)?;

@@ -39,15 +39,10 @@ pub(crate) async fn register(
 }
 
 pub(crate) async fn username_available(State(state): State<AppState>, parts: Parts) -> Answer {
-    if !state.hs.config().registration_open {
-        return Err(ApiError::new(
-            ErrorKind::Forbidden,
-            "Registration is disabled",
-        ));
-    }
-    let name = query_param(&parts, "username")
-        .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing username"))?;
-    state.hs.check_username_available(&name).await?;
+    state
+        .hs
+        .username_available(query_param(&parts, "username").as_deref())
+        .await?;
     Ok(Json(json!({ "available": true })))
 }
 

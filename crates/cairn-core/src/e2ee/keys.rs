@@ -93,14 +93,6 @@ pub struct ClaimResponse {
     pub failures: BTreeMap<String, Value>,
 }
 
-impl PartialEq for UploadedKey {
-    fn eq(&self, other: &Self) -> bool {
-        self.algorithm == other.algorithm
-            && self.key_id == other.key_id
-            && self.key.get() == other.key.get()
-    }
-}
-
 impl Homeserver {
     /// `POST /keys/upload`: validates, stores what changed in one transaction, and returns the
     /// device's one-time key counts.

@@ -28,13 +28,8 @@ impl Homeserver {
                 )
             });
         }
-        let mut content = self.member_content(&me.user_id, "join").await?;
-        if let Some(old) = self.store().membership(&room_id, &me.user_id).await?
-            && old.membership == "join"
-        {
-            // Joining again is a no-op profile refresh, as in Synapse.
-            content["membership"] = "join".into();
-        }
+        // Joining a room one is already in sends a fresh join: a profile refresh, as in Synapse.
+        let content = self.member_content(&me.user_id, "join").await?;
         self.append_event(
             &room_id,
             &me.user_id,
