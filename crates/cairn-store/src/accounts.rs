@@ -9,10 +9,11 @@ use sqlx::{Any, Row, Transaction};
 use crate::{SqlStore, backend_err, from_ms, ms, record_device_list_change};
 
 /// Tables holding per-device state, all emptied when a device is deleted.
-const DEVICE_TABLES: [&str; 6] = [
+const DEVICE_TABLES: [&str; 7] = [
     "access_tokens",
     "device_keys",
     "one_time_keys",
+    "one_time_key_counts",
     "fallback_keys",
     "to_device_inbox",
     "devices",

@@ -3,12 +3,11 @@
 //! Every SQLite commit waits for an fsync (`synchronous = FULL`), and SQLite has one writer, so
 //! writes committed one by one are bound by the disk, not the CPU. Concurrent claims and uploads
 //! therefore queue here; one task takes everything queued, runs it in one transaction and answers
-//! each request only after the commit. Nothing is acknowledged before it is durable. An upload
-//! runs in a savepoint of its own, so one that fails rolls back alone; a claim is a single
-//! statement, atomic by itself.
+//! each request only after the commit. Nothing is acknowledged before it is durable, and a job
+//! that fails is retried alone so that it never takes the rest of its batch down with it.
 
 use cairn_core::store::{KeyClaim, KeyWrite, StoreError, StoreResult, UploadedKey};
-use sqlx::{AnyPool, AssertSqlSafe, Connection};
+use sqlx::{AnyPool, AssertSqlSafe};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend_err;
@@ -25,7 +24,7 @@ enum Job {
     WriteKeys(Box<KeyWrite>, oneshot::Sender<StoreResult<()>>),
 }
 
-/// A job's outcome, held until the batch commits.
+/// A job's outcome, ready to be sent once its transaction has committed (or failed).
 enum Done {
     Claim(
         oneshot::Sender<StoreResult<Vec<Option<UploadedKey>>>>,
@@ -41,13 +40,14 @@ impl Done {
             Done::WriteKeys(reply, result) => drop(reply.send(result)),
         }
     }
+}
 
-    /// The batch could not commit: everyone in it gets the error.
-    fn fail(self, message: &str) {
-        let err = || StoreError::Backend(message.to_owned());
+impl Job {
+    /// Pairs the job's reply channel with its outcome.
+    fn done(self, result: StoreResult<Output>) -> Done {
         match self {
-            Done::Claim(reply, _) => drop(reply.send(Err(err()))),
-            Done::WriteKeys(reply, _) => drop(reply.send(Err(err()))),
+            Job::Claim(_, reply) => Done::Claim(reply, result),
+            Job::WriteKeys(_, reply) => Done::WriteKeys(reply, result.map(drop)),
         }
     }
 }
@@ -71,13 +71,7 @@ impl WriteBatcher {
                         Err(_) => break,
                     }
                 }
-                match run(&write, batch).await {
-                    Ok(done) => done.into_iter().for_each(Done::send),
-                    Err((done, err)) => {
-                        let message = err.to_string();
-                        done.into_iter().for_each(|d| d.fail(&message));
-                    }
-                }
+                run(&write, batch).await.into_iter().for_each(Done::send);
             }
         });
         Self { queue }
@@ -109,50 +103,57 @@ fn stopped() -> StoreError {
     StoreError::Backend("the write task stopped".into())
 }
 
-/// Runs a batch in one transaction. On a failed commit every job's answer becomes that error.
-async fn run(write: &AnyPool, batch: Vec<Job>) -> Result<Vec<Done>, (Vec<Done>, StoreError)> {
+/// Runs a batch in one transaction. If a job fails, the batch is rolled back and every job runs
+/// again in a transaction of its own, so that one bad job cannot fail the others; the jobs carry
+/// no savepoints of their own because a statement per savepoint costs more than the rare retry.
+async fn run(write: &AnyPool, batch: Vec<Job>) -> Vec<Done> {
+    if batch.len() > 1 {
+        match run_together(write, &batch).await {
+            Ok(results) => {
+                return batch
+                    .into_iter()
+                    .zip(results)
+                    .map(|(job, result)| job.done(Ok(result)))
+                    .collect();
+            }
+            Err(err) => tracing::warn!(%err, "a grouped key write failed; retrying one by one"),
+        }
+    }
     let mut done = Vec::with_capacity(batch.len());
-    let mut tx = match write.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => tx,
-        Err(err) => {
-            let done = batch.into_iter().map(|job| match job {
-                Job::Claim(_, reply) => Done::Claim(reply, Ok(Vec::new())),
-                Job::WriteKeys(_, reply) => Done::WriteKeys(reply, Ok(())),
-            });
-            return Err((done.collect(), backend_err(err)));
-        }
-    };
     for job in batch {
-        match job {
-            Job::Claim(claims, reply) => {
+        let result = run_together(write, std::slice::from_ref(&job)).await;
+        done.push(job.done(result.map(|mut r| r.remove(0))));
+    }
+    done
+}
+
+/// What one job produced: claimed keys, or nothing for an upload.
+type Output = Vec<Option<UploadedKey>>;
+
+/// Runs `jobs` in one transaction; all of them commit or none.
+async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>> {
+    let mut tx = write
+        .begin_with("BEGIN IMMEDIATE")
+        .await
+        .map_err(backend_err)?;
+    let mut results = Vec::with_capacity(jobs.len());
+    for job in jobs {
+        results.push(match job {
+            Job::Claim(claims, _) => {
                 let mut out = Vec::with_capacity(claims.len());
-                let mut result = Ok(());
-                for claim in &claims {
-                    match crate::e2ee::claim_one(&mut tx, claim, "").await {
-                        Ok(key) => out.push(key),
-                        Err(err) => {
-                            result = Err(err);
-                            break;
-                        }
-                    }
+                for claim in claims {
+                    out.push(crate::e2ee::claim_one(&mut tx, claim, "").await?);
                 }
-                done.push(Done::Claim(reply, result.map(|()| out)));
+                out
             }
-            Job::WriteKeys(write, reply) => {
-                let result = async {
-                    let mut savepoint = tx.begin().await.map_err(backend_err)?;
-                    crate::e2ee::write_keys_in(&mut savepoint, &write).await?;
-                    savepoint.commit().await.map_err(backend_err)
-                }
-                .await;
-                done.push(Done::WriteKeys(reply, result));
+            Job::WriteKeys(write, _) => {
+                crate::e2ee::write_keys_in(&mut tx, write).await?;
+                Vec::new()
             }
-        }
+        });
     }
-    match tx.commit().await {
-        Ok(()) => Ok(done),
-        Err(err) => Err((done, backend_err(err))),
-    }
+    tx.commit().await.map_err(backend_err)?;
+    Ok(results)
 }
 
 /// The statement that takes the oldest one-time key; `lock` is PostgreSQL's row-locking clause.
@@ -162,4 +163,65 @@ pub(crate) fn take_otk_sql(lock: &str) -> AssertSqlSafe<String> {
          WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1{lock}) \
          RETURNING algorithm, key_id, key_json"
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{SqlStore, StoreOptions};
+    use cairn_core::store::KeyStore;
+    use ruma::{device_id, user_id};
+    use serde_json::value::RawValue;
+    use sqlx::Executor;
+
+    fn upload(key_id: &str) -> KeyWrite {
+        KeyWrite {
+            user_id: user_id!("@alice:example.org").to_owned(),
+            device_id: device_id!("D1").to_owned(),
+            device_keys: None,
+            one_time_keys: vec![UploadedKey {
+                algorithm: "alg".into(),
+                key_id: key_id.into(),
+                key: RawValue::from_string(format!("\"{key_id}\"")).unwrap(),
+            }],
+            fallback_keys: vec![],
+            eager_share_fallback_keys: None,
+        }
+    }
+
+    /// A job that fails inside a batch fails alone; the jobs batched with it still commit.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failing_job_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}", dir.path().join("db").display());
+        let store = SqlStore::open(&StoreOptions {
+            url,
+            max_connections: 2,
+        })
+        .await
+        .unwrap();
+        store
+            .write
+            .execute(
+                "CREATE TRIGGER poison BEFORE INSERT ON one_time_keys WHEN NEW.key_id = 'bad' \
+                 BEGIN SELECT RAISE(ABORT, 'poisoned'); END",
+            )
+            .await
+            .unwrap();
+        let (first, bad, last) = (upload("k1"), upload("bad"), upload("k2"));
+        // On a current-thread runtime all three are queued before the batching task runs, so
+        // they share one batch.
+        let (first, bad, last) = tokio::join!(
+            store.write_keys(&first),
+            store.write_keys(&bad),
+            store.write_keys(&last)
+        );
+        assert!(first.is_ok() && last.is_ok());
+        assert!(bad.unwrap_err().to_string().contains("poisoned"));
+        let counts = store
+            .one_time_key_counts(user_id!("@alice:example.org"), device_id!("D1"))
+            .await
+            .unwrap();
+        assert_eq!(counts.get("alg"), Some(&2));
+    }
 }

@@ -76,6 +76,9 @@ impl SqlStore {
                     AnyPoolOptions::new()
                         .max_connections(size)
                         .acquire_timeout(Duration::from_secs(30))
+                        // An embedded database never drops a connection; a ping per acquire
+                        // would be one more hop to the connection's thread on every statement.
+                        .test_before_acquire(false)
                         .after_connect(|conn, _| {
                             Box::pin(async move {
                                 conn.execute(sqlx::raw_sql(sqlx::AssertSqlSafe(format!(

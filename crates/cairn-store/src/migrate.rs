@@ -30,6 +30,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/common/0004_cross_signing.sql"),
         include_str!("../migrations/common/0004_cross_signing.sql"),
     ),
+    (
+        5,
+        include_str!("../migrations/sqlite/0005_one_time_key_counts.sql"),
+        include_str!("../migrations/postgres/0005_one_time_key_counts.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.
