@@ -551,31 +551,65 @@ pub(crate) async fn write_keys_in(
         .map_err(backend_err)?;
         record_device_list_change(conn, user).await?;
     }
-    // One statement for all new one-time keys (chunks stay far below SQLite's 32766 parameters).
+    // One statement per algorithm for all new one-time keys (chunks stay far below SQLite's
+    // 32766 parameters). The count grows by the rows actually inserted; a trigger does the same
+    // for deletions, which come from several places (claims, device deletion).
     let backend = match conn.backend_name() {
         "PostgreSQL" => Backend::Postgres,
         _ => Backend::Sqlite,
     };
-    for chunk in write.one_time_keys.chunks(1000) {
-        let mut p = Params::new(backend);
-        let values: Vec<String> = (0..chunk.len())
-            .map(|_| format!("({})", p.many(5)))
+    let mut algorithms: Vec<&str> = write
+        .one_time_keys
+        .iter()
+        .map(|k| k.algorithm.as_str())
+        .collect();
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    for algorithm in algorithms {
+        let keys: Vec<&UploadedKey> = write
+            .one_time_keys
+            .iter()
+            .filter(|k| k.algorithm == algorithm)
             .collect();
-        let sql = format!(
-            "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
+        let mut inserted = 0;
+        for chunk in keys.chunks(1000) {
+            let mut p = Params::new(backend);
+            let values: Vec<String> = (0..chunk.len())
+                .map(|_| format!("({})", p.many(5)))
+                .collect();
+            let sql = format!(
+                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
                  ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
-            values.join(", ")
-        );
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for key in chunk {
-            query = query
-                .bind(user)
-                .bind(device)
-                .bind(key.algorithm.as_str())
-                .bind(key.key_id.as_str())
-                .bind(key.key.get());
+                values.join(", ")
+            );
+            let mut query = sqlx::query(AssertSqlSafe(sql));
+            for key in chunk {
+                query = query
+                    .bind(user)
+                    .bind(device)
+                    .bind(algorithm)
+                    .bind(key.key_id.as_str())
+                    .bind(key.key.get());
+            }
+            inserted += query
+                .execute(&mut *conn)
+                .await
+                .map_err(backend_err)?
+                .rows_affected();
         }
-        query.execute(&mut *conn).await.map_err(backend_err)?;
+        if inserted > 0 {
+            sqlx::query(
+                "INSERT INTO one_time_key_counts (user_id, device_id, algorithm, n) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET n = one_time_key_counts.n + excluded.n",
+            )
+            .bind(user)
+            .bind(device)
+            .bind(algorithm)
+            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+            .execute(&mut *conn)
+            .await
+            .map_err(backend_err)?;
+        }
     }
     for key in &write.fallback_keys {
         sqlx::query(

@@ -2,12 +2,20 @@
 //!
 //! Every SQLite commit waits for an fsync (`synchronous = FULL`), and SQLite has one writer, so
 //! writes committed one by one are bound by the disk, not the CPU. Concurrent claims and uploads
-//! therefore queue here; one task takes everything queued, runs it in one transaction and answers
-//! each request only after the commit. Nothing is acknowledged before it is durable, and a job
-//! that fails is retried alone so that it never takes the rest of its batch down with it.
+//! therefore queue here; one task takes everything queued and runs it in one transaction, and a
+//! job that fails is retried alone so that it never takes the rest of its batch down with it.
+//!
+//! The fsync is pipelined: a batch commits without waiting for the disk, and a second stage
+//! fsyncs the write-ahead log (which holds every committed frame) while the next batch runs.
+//! Nobody is answered before that fsync has returned, so nothing is acknowledged before it is
+//! durable. Other connections may read a batch a moment before it is on disk; after a power
+//! cut such a batch is gone, but it was never acknowledged, and every later acknowledged write
+//! is behind it in the log.
 
 use cairn_core::store::{KeyClaim, KeyWrite, StoreError, StoreResult, UploadedKey};
-use sqlx::{AnyPool, AssertSqlSafe};
+use std::path::{Path, PathBuf};
+
+use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend_err;
@@ -42,6 +50,26 @@ impl Done {
     }
 }
 
+impl Done {
+    /// The commit may not have reached the disk: the job is not acknowledged.
+    fn fail(self, message: &str) {
+        let err = || StoreError::Backend(message.to_owned());
+        match self {
+            Done::Claim(reply, _) => drop(reply.send(Err(err()))),
+            Done::WriteKeys(reply, _) => drop(reply.send(Err(err()))),
+        }
+    }
+}
+
+/// Makes everything committed to the write-ahead log so far durable. The log is opened by path
+/// each time, so the sync reaches the file SQLite is writing even if it was ever recreated.
+fn sync_log(wal: Option<&Path>) -> std::io::Result<()> {
+    match wal {
+        Some(wal) => std::fs::File::open(wal)?.sync_data(),
+        None => Ok(()),
+    }
+}
+
 impl Job {
     /// Pairs the job's reply channel with its outcome.
     fn done(self, result: StoreResult<Output>) -> Done {
@@ -59,9 +87,11 @@ pub(crate) struct WriteBatcher {
 }
 
 impl WriteBatcher {
-    /// Starts the task that commits through `write` (a one-connection pool).
-    pub(crate) fn start(write: AnyPool) -> Self {
+    /// Starts the task that commits through `write` (a one-connection pool) to the database
+    /// whose write-ahead log is `wal`.
+    pub(crate) fn start(write: AnyPool, wal: Option<PathBuf>) -> Self {
         let (queue, mut incoming) = mpsc::unbounded_channel::<Job>();
+        let (synced, mut to_sync) = mpsc::unbounded_channel::<Vec<Done>>();
         tokio::spawn(async move {
             while let Some(first) = incoming.recv().await {
                 let mut batch = vec![first];
@@ -71,7 +101,32 @@ impl WriteBatcher {
                         Err(_) => break,
                     }
                 }
-                run(&write, batch).await.into_iter().for_each(Done::send);
+                if synced.send(run(&write, batch).await).is_err() {
+                    return;
+                }
+            }
+        });
+        // The sync stage: one fsync of the log covers every batch committed before it started,
+        // and runs while the next batch executes.
+        tokio::spawn(async move {
+            while let Some(first) = to_sync.recv().await {
+                let mut batches = vec![first];
+                while let Ok(next) = to_sync.try_recv() {
+                    batches.push(next);
+                }
+                let wal = wal.clone();
+                let synced = tokio::task::spawn_blocking(move || sync_log(wal.as_deref())).await;
+                let failure = match synced {
+                    Ok(Ok(())) => None,
+                    Ok(Err(err)) => Some(format!("syncing the write-ahead log failed: {err}")),
+                    Err(err) => Some(format!("the log sync task failed: {err}")),
+                };
+                for done in batches.into_iter().flatten() {
+                    match &failure {
+                        None => done.send(),
+                        Some(message) => done.fail(message),
+                    }
+                }
             }
         });
         Self { queue }
@@ -130,9 +185,24 @@ async fn run(write: &AnyPool, batch: Vec<Job>) -> Vec<Done> {
 /// What one job produced: claimed keys, or nothing for an upload.
 type Output = Vec<Option<UploadedKey>>;
 
-/// Runs `jobs` in one transaction; all of them commit or none.
+/// Runs `jobs` in one transaction; all of them commit or none. The commit itself does not wait
+/// for the disk (`synchronous = NORMAL` for this transaction only); the sync stage does, before
+/// anyone is answered. The connection is back at `FULL` for every other writer, or closed.
 async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>> {
-    let mut tx = write
+    let mut conn = write.acquire().await.map_err(backend_err)?;
+    conn.execute("PRAGMA synchronous = NORMAL")
+        .await
+        .map_err(backend_err)?;
+    let result = run_in(&mut conn, jobs).await;
+    if let Err(err) = conn.execute("PRAGMA synchronous = FULL").await {
+        tracing::error!(%err, "could not restore synchronous = FULL; closing the connection");
+        let _ = conn.close().await;
+    }
+    result
+}
+
+async fn run_in(conn: &mut sqlx::AnyConnection, jobs: &[Job]) -> StoreResult<Vec<Output>> {
+    let mut tx = conn
         .begin_with("BEGIN IMMEDIATE")
         .await
         .map_err(backend_err)?;

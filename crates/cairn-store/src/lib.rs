@@ -19,12 +19,13 @@ mod rooms;
 mod server_keys;
 mod user_data;
 
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Duration;
 
 use cairn_core::store::{StoreError, StoreResult};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
-use sqlx::{Any, AnyPool, Executor, Transaction};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 /// How long SQLite waits for another process's write lock before giving up.
 const SQLITE_BUSY_TIMEOUT_MS: u32 = 10_000;
@@ -100,7 +101,15 @@ impl SqlStore {
                 let read = pool(options.max_connections.max(1))
                     .await
                     .map_err(backend_err)?;
-                let writes = Some(group_commit::WriteBatcher::start(write.clone()));
+                let file: String =
+                    sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                        .fetch_one(&write)
+                        .await
+                        .and_then(|row| row.try_get("file"))
+                        .map_err(backend_err)?;
+                // An in-memory database (empty file name) has no log to sync.
+                let wal = (!file.is_empty()).then(|| PathBuf::from(format!("{file}-wal")));
+                let writes = Some(group_commit::WriteBatcher::start(write.clone(), wal));
                 Self {
                     backend,
                     read,

@@ -1,5 +1,6 @@
--- Unclaimed one-time keys per device and algorithm, kept by triggers so that uploads and /sync
--- read a row instead of counting thousands of index entries.
+-- Unclaimed one-time keys per device and algorithm, so that uploads and /sync read a row instead
+-- of counting thousands of index entries. Uploads add what they inserted (one statement, where a
+-- row trigger would run an upsert per key); the trigger below takes away every deleted key.
 CREATE TABLE one_time_key_counts (
     user_id   TEXT NOT NULL,
     device_id TEXT NOT NULL,
@@ -28,12 +29,6 @@ CREATE INDEX one_time_keys_claim_order ON one_time_keys (user_id, device_id, alg
 INSERT INTO one_time_key_counts (user_id, device_id, algorithm, n)
     SELECT user_id, device_id, algorithm, COUNT(*) FROM one_time_keys
     GROUP BY user_id, device_id, algorithm;
-
-CREATE TRIGGER one_time_key_added AFTER INSERT ON one_time_keys BEGIN
-    INSERT INTO one_time_key_counts (user_id, device_id, algorithm, n)
-        VALUES (NEW.user_id, NEW.device_id, NEW.algorithm, 1)
-        ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET n = n + 1;
-END;
 
 CREATE TRIGGER one_time_key_removed AFTER DELETE ON one_time_keys BEGIN
     UPDATE one_time_key_counts SET n = n - 1
