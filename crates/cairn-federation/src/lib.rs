@@ -1,11 +1,13 @@
 //! Cairn's server identity and federation transport.
 //!
 //! Today: the server's Ed25519 signing key ([`identity`]) with the signed key document served at
-//! `/_matrix/key/v2/server`, and the self-signed TLS certificate for the federation listener
-//! ([`tls`]). X-Matrix request signing, server discovery and the durable outbound sender join
-//! this crate with federation proper.
+//! `/_matrix/key/v2/server`, X-Matrix request signing and verification ([`xmatrix`]), and the
+//! self-signed TLS certificate for the federation listener ([`tls`]). Server discovery and the
+//! durable outbound sender join this crate with federation proper.
 
 pub mod identity;
 pub mod tls;
+pub mod xmatrix;
 
 pub use identity::ServerIdentity;
+pub use xmatrix::{XMatrix, XMatrixError};
