@@ -35,6 +35,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0005_one_time_key_counts.sql"),
         include_str!("../migrations/postgres/0005_one_time_key_counts.sql"),
     ),
+    (
+        6,
+        include_str!("../migrations/common/0006_remote_server_keys.sql"),
+        include_str!("../migrations/common/0006_remote_server_keys.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

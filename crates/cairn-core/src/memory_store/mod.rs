@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 
 use async_trait::async_trait;
-use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
+use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, ServerName, UserId};
 use serde_json::value::RawValue;
 
 use crate::store::*;
@@ -37,6 +37,7 @@ struct State {
     filters: BTreeMap<(OwnedUserId, String), String>,
     next_filter: u64,
     signing_key: Option<SigningKeyRecord>,
+    remote_keys: BTreeMap<(String, String), RemoteKey>,
 }
 
 /// The in-memory store.
@@ -362,5 +363,27 @@ impl ServerKeyStore for MemoryStore {
             .signing_key
             .get_or_insert_with(|| candidate.clone())
             .clone())
+    }
+
+    async fn store_remote_keys(&self, server: &ServerName, keys: &[RemoteKey]) -> StoreResult<()> {
+        let mut state = self.state();
+        for key in keys {
+            state
+                .remote_keys
+                .insert((server.to_string(), key.key_id.clone()), key.clone());
+        }
+        Ok(())
+    }
+
+    async fn remote_key(
+        &self,
+        server: &ServerName,
+        key_id: &str,
+    ) -> StoreResult<Option<RemoteKey>> {
+        Ok(self
+            .state()
+            .remote_keys
+            .get(&(server.to_string(), key_id.to_owned()))
+            .cloned())
     }
 }

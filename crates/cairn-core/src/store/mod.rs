@@ -5,7 +5,7 @@
 //! PostgreSQL; [`crate::memory_store::MemoryStore`] implements them for unit tests.
 
 use async_trait::async_trait;
-use ruma::{OwnedDeviceId, OwnedUserId};
+use ruma::{OwnedDeviceId, OwnedUserId, ServerName};
 use serde_json::value::RawValue;
 
 /// Result of a store operation.
@@ -109,6 +109,20 @@ pub struct SigningKeyRecord {
     pub pkcs8: Vec<u8>,
     /// Creation time.
     pub created_ms: u64,
+}
+
+/// A verify key another server published, as cached after its key document was checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RemoteKey {
+    /// The key ID, `ed25519:<version>`.
+    pub key_id: String,
+    /// The public key, unpadded base64.
+    pub key: String,
+    /// Until when requests and events signed with it are accepted without fetching again.
+    pub valid_until_ms: u64,
+    /// For an old key (`old_verify_keys`): when it stopped being used. Such a key verifies only
+    /// events signed before then, never requests.
+    pub expired_ms: Option<u64>,
 }
 
 /// A user's profile.
@@ -235,6 +249,13 @@ pub trait ServerKeyStore: Send + Sync {
         &self,
         candidate: &SigningKeyRecord,
     ) -> StoreResult<SigningKeyRecord>;
+
+    /// Caches verify keys of `server`, replacing what is stored under the same key IDs.
+    async fn store_remote_keys(&self, server: &ServerName, keys: &[RemoteKey]) -> StoreResult<()>;
+
+    /// The cached verify key `key_id` of `server`, whatever its validity.
+    async fn remote_key(&self, server: &ServerName, key_id: &str)
+    -> StoreResult<Option<RemoteKey>>;
 }
 
 /// Everything the homeserver stores.

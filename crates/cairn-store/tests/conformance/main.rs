@@ -82,6 +82,7 @@ conformance!(
     uia_sessions_round_trip_and_expire,
     profiles_account_data_and_filters,
     signing_key_is_stored_once,
+    remote_keys_are_cached_and_replaced,
     data_survives_reopening,
     concurrent_registrations_of_one_name_let_one_win,
 );
@@ -382,6 +383,46 @@ async fn signing_key_is_stored_once(h: &Harness) {
             .await
             .unwrap(),
         key("a_first")
+    );
+}
+
+async fn remote_keys_are_cached_and_replaced(h: &Harness) {
+    let s = &h.store;
+    let server = ruma::server_name!("remote.test");
+    let key = |id: &str, b64: &str, until: u64, expired: Option<u64>| RemoteKey {
+        key_id: id.into(),
+        key: b64.into(),
+        valid_until_ms: until,
+        expired_ms: expired,
+    };
+    assert_eq!(s.remote_key(server, "ed25519:a").await.unwrap(), None);
+    s.store_remote_keys(
+        server,
+        &[
+            key("ed25519:a", "AAA", 10, None),
+            key("ed25519:old", "OLD", 20, Some(5)),
+        ],
+    )
+    .await
+    .unwrap();
+    s.store_remote_keys(server, &[key("ed25519:a", "BBB", 30, None)])
+        .await
+        .unwrap();
+    let store = h.reopen().await;
+    assert_eq!(
+        store.remote_key(server, "ed25519:a").await.unwrap(),
+        Some(key("ed25519:a", "BBB", 30, None))
+    );
+    assert_eq!(
+        store.remote_key(server, "ed25519:old").await.unwrap(),
+        Some(key("ed25519:old", "OLD", 20, Some(5)))
+    );
+    assert_eq!(
+        store
+            .remote_key(ruma::server_name!("other.test"), "ed25519:a")
+            .await
+            .unwrap(),
+        None
     );
 }
 
