@@ -6,6 +6,7 @@
 //! durable outbound sender join this crate with federation proper.
 
 pub mod identity;
+pub mod server_keys;
 pub mod tls;
 pub mod xmatrix;
 
