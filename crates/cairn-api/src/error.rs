@@ -27,9 +27,10 @@ fn status(kind: &ErrorKind) -> StatusCode {
     match kind {
         ErrorKind::Forbidden | ErrorKind::GuestAccessForbidden => StatusCode::FORBIDDEN,
         ErrorKind::NotFound | ErrorKind::Unrecognized => StatusCode::NOT_FOUND,
-        ErrorKind::UnknownToken | ErrorKind::MissingToken | ErrorKind::UserInteractive(_) => {
-            StatusCode::UNAUTHORIZED
-        }
+        ErrorKind::UnknownToken
+        | ErrorKind::MissingToken
+        | ErrorKind::Unauthorized
+        | ErrorKind::UserInteractive(_) => StatusCode::UNAUTHORIZED,
         ErrorKind::BadJson
         | ErrorKind::NotJson
         | ErrorKind::InvalidParam

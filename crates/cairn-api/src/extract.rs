@@ -59,7 +59,7 @@ pub struct OptionalJsonBody<T>(pub T);
 /// its 413 instead of a reset connection; anything larger is cut off.
 const DRAIN_CAP_BYTES: usize = 16 * 1024 * 1024;
 
-async fn read_body(req: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
+pub(crate) async fn read_body(req: Request, state: &AppState) -> Result<bytes::Bytes, ApiError> {
     let limit = state.settings.max_request_bytes;
     let mut body = req.into_body();
     let mut buf = bytes::BytesMut::new();
@@ -86,7 +86,7 @@ async fn read_body(req: Request, state: &AppState) -> Result<bytes::Bytes, ApiEr
     Ok(buf.freeze())
 }
 
-fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+pub(crate) fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(bytes).map_err(|err| {
         if err.is_data() {
             ApiError::new(ErrorKind::BadJson, format!("Invalid request body: {err}"))

@@ -1,12 +1,23 @@
-//! The federation listener's routes: the key server and the version endpoint.
+//! The federation listener's routes: the key server, the version endpoint, and the signed
+//! `/_matrix/federation` endpoints, each authenticated by its X-Matrix signature.
 
 use axum::Json;
 use axum::Router;
-use axum::extract::State;
-use axum::routing::get;
+use axum::extract::{FromRequest, FromRequestParts, Request, State};
+use axum::http::request::Parts;
+use axum::routing::{get, post};
+use cairn_core::ErrorKind;
+use cairn_core::e2ee::keys::{ClaimRequest, QueryRequest};
+use cairn_federation::XMatrixError;
+use ruma::OwnedServerName;
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::AppState;
+use crate::error::ApiError;
+use crate::extract::{PathParams, parse, read_body, user_id_param};
+
+type Answer = Result<Json<Value>, ApiError>;
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -14,6 +25,12 @@ pub(crate) fn router() -> Router<AppState> {
         // Deprecated form with a key ID; the answer is the same document.
         .route("/_matrix/key/v2/server/{key_id}", get(server_keys))
         .route("/_matrix/federation/v1/version", get(version))
+        .route("/_matrix/federation/v1/user/keys/query", post(query_keys))
+        .route("/_matrix/federation/v1/user/keys/claim", post(claim_keys))
+        .route(
+            "/_matrix/federation/v1/user/devices/{user_id}",
+            get(user_devices),
+        )
 }
 
 async fn server_keys(State(state): State<AppState>) -> Json<Value> {
@@ -22,4 +39,80 @@ async fn server_keys(State(state): State<AppState>) -> Json<Value> {
 
 async fn version() -> Json<Value> {
     Json(json!({ "server": { "name": "Cairn", "version": env!("CARGO_PKG_VERSION") } }))
+}
+
+/// A request without a body, signed by `0`.
+pub(crate) struct SignedBy(pub OwnedServerName);
+
+/// A JSON body signed by `origin`.
+pub(crate) struct SignedJson<T> {
+    pub origin: OwnedServerName,
+    pub body: T,
+}
+
+fn unauthorized(err: XMatrixError) -> ApiError {
+    ApiError::new(ErrorKind::Unauthorized, err.to_string())
+}
+
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    body: Option<&[u8]>,
+) -> Result<OwnedServerName, ApiError> {
+    let authorization = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|h| h.to_str().ok());
+    let uri = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), |p| p.as_str());
+    state
+        .key_ring
+        .authenticate(authorization, parts.method.as_str(), uri, body)
+        .await
+        .map_err(unauthorized)
+}
+
+impl FromRequestParts<AppState> for SignedBy {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        authenticate(parts, state, None).await.map(Self)
+    }
+}
+
+impl<T: DeserializeOwned> FromRequest<AppState> for SignedJson<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let (parts, body) = req.into_parts();
+        let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
+        let origin = authenticate(&parts, state, Some(&bytes)).await?;
+        Ok(Self {
+            origin,
+            body: parse(&bytes)?,
+        })
+    }
+}
+
+async fn query_keys(State(state): State<AppState>, req: SignedJson<QueryRequest>) -> Answer {
+    tracing::debug!(origin = %req.origin, "federation key query");
+    Ok(Json(state.hs.federation_query_keys(req.body).await?))
+}
+
+async fn claim_keys(State(state): State<AppState>, req: SignedJson<ClaimRequest>) -> Answer {
+    tracing::debug!(origin = %req.origin, "federation key claim");
+    let res = state.hs.federation_claim_keys(req.body).await?;
+    Ok(Json(json!({ "one_time_keys": res.one_time_keys })))
+}
+
+async fn user_devices(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams(user_id): PathParams<String>,
+) -> Answer {
+    let user_id = user_id_param(&user_id)?;
+    tracing::debug!(%origin, %user_id, "federation device list request");
+    Ok(Json(state.hs.federation_user_devices(&user_id).await?))
 }

@@ -43,6 +43,8 @@ pub struct AppState {
     pub hs: Homeserver,
     /// The server's signing identity.
     pub identity: ServerIdentity,
+    /// Other servers' keys, for authenticating their requests.
+    pub key_ring: cairn_federation::KeyRing,
     /// HTTP settings.
     pub settings: std::sync::Arc<ApiSettings>,
     /// Renders `/metrics`; `None` disables the endpoint.

@@ -17,6 +17,8 @@ pub enum ErrorKind {
     UnknownToken,
     /// `M_MISSING_TOKEN`
     MissingToken,
+    /// `M_UNAUTHORIZED`: a federation request without a valid X-Matrix signature.
+    Unauthorized,
     /// `M_BAD_JSON`: the body is JSON but not of the right shape.
     BadJson,
     /// `M_NOT_JSON`
@@ -59,6 +61,7 @@ impl ErrorKind {
             Self::NotFound => "M_NOT_FOUND",
             Self::UnknownToken => "M_UNKNOWN_TOKEN",
             Self::MissingToken => "M_MISSING_TOKEN",
+            Self::Unauthorized => "M_UNAUTHORIZED",
             Self::BadJson | Self::ServerManagedAccountData => "M_BAD_JSON",
             Self::NotJson => "M_NOT_JSON",
             Self::InvalidParam => "M_INVALID_PARAM",

@@ -15,6 +15,7 @@ pub mod clock;
 pub mod config;
 pub mod e2ee;
 pub mod error;
+pub mod federation;
 pub mod ids;
 pub mod memory_store;
 pub mod notify;
@@ -48,6 +49,8 @@ pub struct Services {
     pub notifier: Arc<dyn Notifier>,
     /// Signs the server's events.
     pub signer: Arc<dyn EventSigner>,
+    /// Talks to other servers.
+    pub federation: Arc<dyn federation::Federation>,
 }
 
 /// The homeserver: configuration plus the [`Services`] it needs.
@@ -71,6 +74,11 @@ impl Homeserver {
     /// The notifier that wakes long-polling syncs.
     pub fn notifier(&self) -> &Arc<dyn Notifier> {
         &self.services.notifier
+    }
+
+    /// The transport to other servers.
+    pub fn federation(&self) -> &Arc<dyn federation::Federation> {
+        &self.services.federation
     }
 
     /// The server's event signer.

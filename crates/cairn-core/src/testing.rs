@@ -11,8 +11,16 @@ use crate::notify::LocalNotifier;
 use crate::uia::AuthData;
 use crate::{CoreConfig, EventSigner, Homeserver, Services};
 
-/// A homeserver for `example.org` with a fake clock.
+/// A homeserver for `example.org` with a fake clock, that does not federate.
 pub fn homeserver(registration_open: bool) -> (Homeserver, Arc<FakeClock>) {
+    homeserver_with(registration_open, Arc::new(crate::federation::NoFederation))
+}
+
+/// A homeserver for `example.org` with a fake clock and the given transport to other servers.
+pub fn homeserver_with(
+    registration_open: bool,
+    federation: Arc<dyn crate::federation::Federation>,
+) -> (Homeserver, Arc<FakeClock>) {
     let mut config = CoreConfig::new(server_name!("example.org").to_owned());
     config.registration_open = registration_open;
     let clock = Arc::new(FakeClock::new(1_700_000_000_000));
@@ -21,6 +29,7 @@ pub fn homeserver(registration_open: bool) -> (Homeserver, Arc<FakeClock>) {
         clock: clock.clone(),
         notifier: Arc::new(LocalNotifier::new()),
         signer: Arc::new(TestSigner::new("example.org")),
+        federation,
     };
     (Homeserver::new(config, services), clock)
 }

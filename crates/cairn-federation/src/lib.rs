@@ -5,10 +5,13 @@
 //! self-signed TLS certificate for the federation listener ([`tls`]). Server discovery and the
 //! durable outbound sender join this crate with federation proper.
 
+pub mod client;
 pub mod identity;
 pub mod server_keys;
 pub mod tls;
 pub mod xmatrix;
 
+pub use client::{ClientSettings, FederationClient};
 pub use identity::ServerIdentity;
+pub use server_keys::KeyRing;
 pub use xmatrix::{XMatrix, XMatrixError};

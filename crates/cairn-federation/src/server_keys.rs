@@ -1,16 +1,23 @@
-//! Checking another server's key document (`GET /_matrix/key/v2/server`) before its keys are
-//! trusted and cached.
+//! Other servers' signing keys: checking a key document (`GET /_matrix/key/v2/server`) before
+//! its keys are trusted, and the [`KeyRing`] that caches them in the store and authenticates
+//! inbound requests with them.
 //!
 //! A document is accepted only if it names the server we asked, every signature by that server
 //! is made with a key the document itself lists under `verify_keys` and verifies, and there is
 //! at least one such signature. Its validity is capped at seven days from now, as the spec asks
 //! of servers that cache keys.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use cairn_core::store::RemoteKey;
+use cairn_core::Clock;
+use cairn_core::store::{RemoteKey, ServerKeyStore};
 use ruma::signatures::{PublicKeyMap, PublicKeySet, verify_json};
-use ruma::{CanonicalJsonObject, CanonicalJsonValue, ServerName};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
+
+use crate::{FederationClient, XMatrix, XMatrixError};
 
 /// The longest a fetched key is trusted before it is fetched again.
 pub const MAX_KEY_VALIDITY_MS: u64 = 7 * 24 * 60 * 60 * 1000;
@@ -92,6 +99,87 @@ pub fn check_key_document(
         }
     }
     Ok(keys)
+}
+
+/// How long fetching a key document may take while a request waits on it.
+const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Other servers' keys: cached in the store, fetched when missing or stale.
+#[derive(Clone)]
+pub struct KeyRing {
+    us: OwnedServerName,
+    store: Arc<dyn ServerKeyStore>,
+    client: FederationClient,
+    clock: Arc<dyn Clock>,
+}
+
+impl KeyRing {
+    /// A key ring for the server `us`.
+    pub fn new(
+        us: OwnedServerName,
+        store: Arc<dyn ServerKeyStore>,
+        client: FederationClient,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            us,
+            store,
+            client,
+            clock,
+        }
+    }
+
+    /// The current key `key_id` of `server` for verifying a request, fetched if it is not
+    /// cached or no longer valid. Old (expired) keys never verify requests.
+    pub async fn request_key(&self, server: &ServerName, key_id: &str) -> Result<String, String> {
+        let now = self.clock.now_ms();
+        let usable = |key: &RemoteKey| key.expired_ms.is_none() && key.valid_until_ms >= now;
+        let cached = self
+            .store
+            .remote_key(server, key_id)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(key) = cached.filter(usable) {
+            return Ok(key.key);
+        }
+        let document = self
+            .client
+            .key_document(server, KEY_FETCH_TIMEOUT)
+            .await
+            .map_err(|e| format!("cannot fetch the keys of {server}: {e}"))?;
+        let keys = check_key_document(&document, server, now).map_err(|e| e.to_string())?;
+        self.store
+            .store_remote_keys(server, &keys)
+            .await
+            .map_err(|e| e.to_string())?;
+        keys.into_iter()
+            .find(|key| key.key_id == key_id && usable(key))
+            .map(|key| key.key)
+            .ok_or_else(|| format!("{server} does not publish the key {key_id}"))
+    }
+
+    /// Authenticates an inbound request from its `Authorization` header, returning the origin.
+    /// `uri` is the request target as received; `body` the raw body, if any.
+    pub async fn authenticate(
+        &self,
+        authorization: Option<&str>,
+        method: &str,
+        uri: &str,
+        body: Option<&[u8]>,
+    ) -> Result<OwnedServerName, XMatrixError> {
+        let credential = XMatrix::parse(authorization.ok_or(XMatrixError::Missing)?)?;
+        let content: Option<CanonicalJsonValue> = body
+            .filter(|b| !b.is_empty())
+            .map(serde_json::from_slice)
+            .transpose()
+            .map_err(|e| XMatrixError::BadSignature(format!("body is not canonical JSON: {e}")))?;
+        let key = self
+            .request_key(&credential.origin, &credential.key_id)
+            .await
+            .map_err(XMatrixError::BadSignature)?;
+        credential.verify(&self.us, method, uri, content.as_ref(), &key)?;
+        Ok(credential.origin)
+    }
 }
 
 fn object<'a>(

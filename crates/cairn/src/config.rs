@@ -31,6 +31,8 @@ pub struct Config {
     pub tls: Tls,
     /// Prometheus metrics.
     pub metrics: Metrics,
+    /// How this server reaches other servers.
+    pub federation: Federation,
 }
 
 /// Listening addresses.
@@ -87,6 +89,28 @@ pub struct Metrics {
     pub enabled: bool,
 }
 
+/// How this server reaches other servers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Federation {
+    /// Check other servers' TLS certificates. Turn off only for tests.
+    pub verify_tls: bool,
+    /// A PEM file of extra trusted root certificates (a private CA).
+    pub ca_file: Option<PathBuf>,
+    /// Fixed `host:port` per server name, used instead of server discovery.
+    pub static_routes: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for Federation {
+    fn default() -> Self {
+        Self {
+            verify_tls: true,
+            ca_file: None,
+            static_routes: Default::default(),
+        }
+    }
+}
+
 impl Default for Config {
     fn default() -> Self {
         Self {
@@ -99,6 +123,7 @@ impl Default for Config {
             limits: Limits::default(),
             tls: Tls::default(),
             metrics: Metrics::default(),
+            federation: Federation::default(),
         }
     }
 }
@@ -156,6 +181,7 @@ const SECTIONS: &[&str] = &[
     "limits",
     "tls",
     "metrics",
+    "federation",
 ];
 
 /// Flags shared by every subcommand that reads the configuration.

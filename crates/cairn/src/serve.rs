@@ -10,7 +10,7 @@ use cairn_api::{ApiSettings, AppState};
 use cairn_core::clock::SystemClock;
 use cairn_core::notify::LocalNotifier;
 use cairn_core::{Clock, CoreConfig, Homeserver, Services};
-use cairn_federation::{ServerIdentity, tls};
+use cairn_federation::{ClientSettings, FederationClient, KeyRing, ServerIdentity, tls};
 use cairn_store::{SqlStore, StoreOptions};
 
 use crate::config::Config;
@@ -20,7 +20,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Opens the store, loads the signing key and builds the homeserver that both `serve` and
 /// `user add` use.
-pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore, ServerIdentity)> {
+pub async fn homeserver(
+    config: &Config,
+) -> anyhow::Result<(Homeserver, SqlStore, ServerIdentity, KeyRing)> {
     let server_name = ruma::ServerName::parse(&config.server_name)
         .with_context(|| format!("invalid server_name {:?}", config.server_name))?;
     std::fs::create_dir_all(&config.data_dir)
@@ -36,15 +38,34 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<(Homeserver, SqlStore
         ServerIdentity::load_or_create(&store, server_name.clone(), SystemClock.now_ms())
             .await
             .context("cannot load the signing key")?;
+    let mut settings = ClientSettings {
+        verify_tls: config.federation.verify_tls,
+        extra_roots_pem: Vec::new(),
+        static_routes: config.federation.static_routes.clone(),
+    };
+    if let Some(ca) = &config.federation.ca_file {
+        let pem = std::fs::read(ca).with_context(|| format!("cannot read {}", ca.display()))?;
+        settings.extra_roots_pem.push(pem);
+    }
+    let client = FederationClient::new(identity.clone(), &settings)
+        .map_err(|e| anyhow::anyhow!("cannot build the federation client: {e}"))?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let key_ring = KeyRing::new(
+        server_name.clone(),
+        Arc::new(store.clone()),
+        client.clone(),
+        clock.clone(),
+    );
     let mut core = CoreConfig::new(server_name);
     core.registration_open = config.registration.open;
     let services = Services {
         store: Arc::new(store.clone()),
-        clock: Arc::new(SystemClock),
+        clock,
         notifier: Arc::new(LocalNotifier::new()),
         signer: Arc::new(identity.clone()),
+        federation: Arc::new(client),
     };
-    Ok((Homeserver::new(core, services), store, identity))
+    Ok((Homeserver::new(core, services), store, identity, key_ring))
 }
 
 /// A server started in this process; [`RunningServer::stop`] shuts it down gracefully.
@@ -74,7 +95,21 @@ impl RunningServer {
 
 /// Opens the store, binds both listeners and serves in the background.
 pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
-    let (hs, store, identity) = homeserver(config).await?;
+    let client = std::net::TcpListener::bind(config.listeners.client)
+        .with_context(|| format!("cannot listen on {}", config.listeners.client))?;
+    let federation = std::net::TcpListener::bind(config.listeners.federation)
+        .with_context(|| format!("cannot listen on {}", config.listeners.federation))?;
+    start_on(config, client, federation).await
+}
+
+/// Like [`start`], on listeners the caller has bound already (so that servers in one test can
+/// learn each other's addresses before any of them starts).
+pub async fn start_on(
+    config: &Config,
+    client_listener: std::net::TcpListener,
+    federation_listener: std::net::TcpListener,
+) -> anyhow::Result<RunningServer> {
+    let (hs, store, identity, key_ring) = homeserver(config).await?;
     let tls_files = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::TlsFiles {
             cert: cert.clone(),
@@ -96,12 +131,9 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
         None
     };
 
-    let client_listener = tokio::net::TcpListener::bind(config.listeners.client)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listeners.client))?;
+    client_listener.set_nonblocking(true)?;
+    let client_listener = tokio::net::TcpListener::from_std(client_listener)?;
     let client_addr = client_listener.local_addr()?;
-    let federation_listener = std::net::TcpListener::bind(config.listeners.federation)
-        .with_context(|| format!("cannot listen on {}", config.listeners.federation))?;
     federation_listener.set_nonblocking(true)?;
     let federation_addr = federation_listener.local_addr()?;
 
@@ -116,6 +148,7 @@ pub async fn start(config: &Config) -> anyhow::Result<RunningServer> {
     let state = AppState {
         hs: hs.clone(),
         identity,
+        key_ring,
         settings: Arc::new(settings),
         metrics,
     };

@@ -15,6 +15,7 @@ use serde_json::value::RawValue;
 use serde_json::{Map, Value};
 
 use super::SIGNED_CURVE25519;
+use super::remote::PerServer;
 use crate::Homeserver;
 use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
@@ -57,6 +58,8 @@ fn present<'de, D: serde::Deserializer<'de>>(
 pub struct QueryRequest {
     /// Users and their devices (an empty list means all devices).
     pub device_keys: BTreeMap<OwnedUserId, Vec<OwnedDeviceId>>,
+    /// How long to wait for remote servers, in milliseconds.
+    pub timeout: Option<u64>,
 }
 
 /// The body of `POST /keys/claim`.
@@ -66,6 +69,15 @@ pub struct ClaimRequest {
     pub one_time_keys: BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
     /// How long to wait for remote servers, in milliseconds.
     pub timeout: Option<u64>,
+}
+
+/// Who is asking for keys: a local user, or another server on behalf of its users.
+#[derive(Debug, Clone, Copy)]
+pub enum Viewer<'a> {
+    /// A user of this server.
+    User(&'a UserId),
+    /// Another server.
+    Server,
 }
 
 /// Answer to `/keys/query`.
@@ -229,60 +241,95 @@ impl Homeserver {
     /// `POST /keys/query`.
     pub async fn query_keys(&self, me: &UserId, req: QueryRequest) -> Result<QueryResponse> {
         let mut response = QueryResponse::default();
+        let mut remote: PerServer<Vec<OwnedDeviceId>> = BTreeMap::new();
         for (user_id, devices) in req.device_keys {
             if !self.is_local(&user_id) {
-                self.remote_unavailable(&mut response.failures, &user_id);
+                remote
+                    .entry(user_id.server_name().to_owned())
+                    .or_default()
+                    .insert(user_id, devices);
                 continue;
             }
-            let signatures = self.store().key_signatures(&user_id).await?;
-            let mut found = BTreeMap::new();
-            for record in self.store().query_device_keys(&user_id, &devices).await? {
-                let mut keys: Map<String, Value> = serde_json::from_str(record.keys.get())
-                    .map_err(|_| {
-                        Error::new(ErrorKind::Internal, "stored device keys are not an object")
-                    })?;
-                Self::merge_signatures(&mut keys, &signatures, record.device_id.as_str(), None);
+            self.add_local_keys(Viewer::User(me), &user_id, &devices, &mut response)
+                .await?;
+        }
+        if !remote.is_empty() {
+            self.query_remote_keys(remote, remote_timeout(req.timeout), &mut response)
+                .await;
+        }
+        Ok(response)
+    }
+
+    /// Adds `user_id`'s device keys (all, or those in `devices`) and cross-signing keys to
+    /// `response`, as `viewer` may see them.
+    pub(crate) async fn add_local_keys(
+        &self,
+        viewer: Viewer<'_>,
+        user_id: &UserId,
+        devices: &[OwnedDeviceId],
+        response: &mut QueryResponse,
+    ) -> Result<()> {
+        // Over federation only the owner's own signatures are shown (others' signatures are
+        // private to their signer), and no device names (Synapse's default).
+        let (me, names) = match viewer {
+            Viewer::User(me) => (me, true),
+            Viewer::Server => (user_id, false),
+        };
+        let signatures = self.store().key_signatures(user_id).await?;
+        let mut found = BTreeMap::new();
+        for record in self.store().query_device_keys(user_id, devices).await? {
+            let mut keys: Map<String, Value> =
+                serde_json::from_str(record.keys.get()).map_err(|_| {
+                    Error::new(ErrorKind::Internal, "stored device keys are not an object")
+                })?;
+            Self::merge_signatures(&mut keys, &signatures, record.device_id.as_str(), Some(me));
+            if names {
                 let unsigned = keys
                     .entry("unsigned")
                     .or_insert_with(|| Value::Object(Map::new()));
                 if let (Value::Object(unsigned), Some(name)) = (unsigned, record.display_name) {
                     unsigned.insert("device_display_name".into(), name.into());
                 }
-                found.insert(record.device_id, Value::Object(keys));
             }
-            response.device_keys.insert(user_id.clone(), found);
-            for (usage, raw) in self.store().cross_signing_keys(&user_id).await? {
-                let Ok(Value::Object(mut key)) = serde_json::from_str::<Value>(raw.get()) else {
-                    continue;
-                };
-                let public = key
-                    .get("keys")
-                    .and_then(Value::as_object)
-                    .and_then(|k| k.keys().next())
-                    .and_then(|id| id.strip_prefix("ed25519:"))
-                    .map(ToOwned::to_owned)
-                    .unwrap_or_default();
-                Self::merge_signatures(&mut key, &signatures, &public, Some(me));
-                let target = match usage {
-                    KeyUsage::Master => &mut response.master_keys,
-                    KeyUsage::SelfSigning => &mut response.self_signing_keys,
-                    KeyUsage::UserSigning if user_id == me => &mut response.user_signing_keys,
-                    KeyUsage::UserSigning => continue,
-                };
-                target.insert(user_id.clone(), Value::Object(key));
-            }
+            found.insert(record.device_id, Value::Object(keys));
         }
-        Ok(response)
+        response.device_keys.insert(user_id.to_owned(), found);
+        for (usage, raw) in self.store().cross_signing_keys(user_id).await? {
+            let Ok(Value::Object(mut key)) = serde_json::from_str::<Value>(raw.get()) else {
+                continue;
+            };
+            let public = key
+                .get("keys")
+                .and_then(Value::as_object)
+                .and_then(|k| k.keys().next())
+                .and_then(|id| id.strip_prefix("ed25519:"))
+                .map(ToOwned::to_owned)
+                .unwrap_or_default();
+            Self::merge_signatures(&mut key, &signatures, &public, Some(me));
+            let target = match (usage, viewer) {
+                (KeyUsage::Master, _) => &mut response.master_keys,
+                (KeyUsage::SelfSigning, _) => &mut response.self_signing_keys,
+                (KeyUsage::UserSigning, Viewer::User(me)) if user_id == me => {
+                    &mut response.user_signing_keys
+                }
+                (KeyUsage::UserSigning, _) => continue,
+            };
+            target.insert(user_id.to_owned(), Value::Object(key));
+        }
+        Ok(())
     }
 
-    /// `POST /keys/claim` for local users (remote users are reported in `failures` until
-    /// federation is wired).
+    /// `POST /keys/claim`: local keys from the store, remote ones from their servers.
     pub async fn claim_keys(&self, req: ClaimRequest) -> Result<ClaimResponse> {
         let mut response = ClaimResponse::default();
         let mut claims = Vec::new();
+        let mut remote: PerServer<BTreeMap<OwnedDeviceId, String>> = BTreeMap::new();
         for (user_id, devices) in req.one_time_keys {
             if !self.is_local(&user_id) {
-                self.remote_unavailable(&mut response.failures, &user_id);
+                remote
+                    .entry(user_id.server_name().to_owned())
+                    .or_default()
+                    .insert(user_id, devices);
                 continue;
             }
             for (device_id, algorithm) in devices {
@@ -304,6 +351,10 @@ impl Homeserver {
                     .or_default()
                     .insert(format!("{}:{}", key.algorithm, key.key_id), key.key);
             }
+        }
+        if !remote.is_empty() {
+            self.claim_remote_keys(remote, remote_timeout(req.timeout), &mut response)
+                .await;
         }
         Ok(response)
     }
@@ -330,13 +381,14 @@ impl Homeserver {
     pub(crate) fn is_local(&self, user_id: &UserId) -> bool {
         user_id.server_name() == self.config().server_name
     }
+}
 
-    fn remote_unavailable(&self, failures: &mut BTreeMap<String, Value>, user_id: &UserId) {
-        failures.insert(
-            user_id.server_name().to_string(),
-            serde_json::json!({ "status": 503, "message": "Federation is not available" }),
-        );
-    }
+/// The client's `timeout` for remote servers, else the default.
+fn remote_timeout(timeout_ms: Option<u64>) -> std::time::Duration {
+    timeout_ms.map_or(
+        super::remote::DEFAULT_REMOTE_TIMEOUT,
+        std::time::Duration::from_millis,
+    )
 }
 
 /// Device keys must be an object naming the uploader, with the required fields.

@@ -5,6 +5,8 @@
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
+pub mod remote;
+pub mod served;
 pub mod to_device;
 
 /// The one-time-key algorithm that clients use today; always reported, even at zero, because

@@ -243,6 +243,11 @@ impl Answer {
 }
 
 impl Client {
+    /// A client for the server whose client API is at `base` (`http://host:port`).
+    pub fn at(base: String) -> Self {
+        Self { http: http(), base }
+    }
+
     /// Sends a request with an optional token and raw body.
     pub async fn raw(
         &self,

@@ -11,6 +11,7 @@ mod devices;
 mod durability;
 mod e2ee;
 mod errors;
+mod federation;
 mod rooms;
 mod server;
 mod user_data;

@@ -1,0 +1,320 @@
+//! Keys of users on other servers: one request per server, all in parallel under one deadline.
+//!
+//! Answers are trusted only for the server's own users and for what was asked: a server cannot
+//! slip in keys of another server's users, or devices nobody asked about in a claim.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use super::keys::{ClaimResponse, QueryResponse};
+use crate::Homeserver;
+use crate::federation::{Federation, RemoteError};
+
+/// How long a client waits for other servers when its request names no `timeout` (the spec's
+/// default for `/keys/query` and `/keys/claim`).
+pub const DEFAULT_REMOTE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Which federation request to make.
+#[derive(Clone, Copy)]
+enum Ask {
+    Query,
+    Claim,
+}
+
+/// `server -> user -> what is asked of that user` (device list, or device -> algorithm).
+pub(crate) type PerServer<T> = BTreeMap<OwnedServerName, BTreeMap<OwnedUserId, T>>;
+
+impl Homeserver {
+    /// Asks each server for its users' device and cross-signing keys and folds the answers into
+    /// `response`.
+    pub(crate) async fn query_remote_keys(
+        &self,
+        wanted: PerServer<Vec<OwnedDeviceId>>,
+        timeout: Duration,
+        response: &mut QueryResponse,
+    ) {
+        let bodies = wanted
+            .iter()
+            .map(|(server, users)| (server.clone(), serde_json::json!({ "device_keys": users })))
+            .collect();
+        for (server, answer) in self.ask(Ask::Query, bodies, timeout).await {
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(err) => {
+                    response
+                        .failures
+                        .insert(server.to_string(), err.to_failure());
+                    continue;
+                }
+            };
+            let users = &wanted[&server];
+            for (user_id, asked) in users {
+                let devices = answer["device_keys"][user_id.as_str()]
+                    .as_object()
+                    .map(|devices| {
+                        devices
+                            .iter()
+                            .filter(|(device, _)| {
+                                asked.is_empty() || asked.iter().any(|d| d.as_str() == *device)
+                            })
+                            .filter(|(device, keys)| names(keys, user_id.as_str(), device))
+                            .map(|(device, keys)| (device.as_str().into(), keys.clone()))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                response.device_keys.insert(user_id.clone(), devices);
+                for (field, target) in [
+                    ("master_keys", &mut response.master_keys),
+                    ("self_signing_keys", &mut response.self_signing_keys),
+                ] {
+                    let key = &answer[field][user_id.as_str()];
+                    if key.get("user_id").and_then(Value::as_str) == Some(user_id.as_str()) {
+                        target.insert(user_id.clone(), key.clone());
+                    }
+                }
+            }
+        }
+    }
+
+    /// Claims keys from each server and folds the answers into `response`.
+    pub(crate) async fn claim_remote_keys(
+        &self,
+        wanted: PerServer<BTreeMap<OwnedDeviceId, String>>,
+        timeout: Duration,
+        response: &mut ClaimResponse,
+    ) {
+        let bodies = wanted
+            .iter()
+            .map(|(server, users)| {
+                (
+                    server.clone(),
+                    serde_json::json!({ "one_time_keys": users }),
+                )
+            })
+            .collect();
+        for (server, answer) in self.ask(Ask::Claim, bodies, timeout).await {
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(err) => {
+                    response
+                        .failures
+                        .insert(server.to_string(), err.to_failure());
+                    continue;
+                }
+            };
+            for (user_id, devices) in &wanted[&server] {
+                for device_id in devices.keys() {
+                    let Some(keys) =
+                        answer["one_time_keys"][user_id.as_str()][device_id.as_str()].as_object()
+                    else {
+                        continue;
+                    };
+                    let keys: BTreeMap<String, Box<RawValue>> = keys
+                        .iter()
+                        .filter_map(|(id, key)| {
+                            Some((id.clone(), serde_json::value::to_raw_value(key).ok()?))
+                        })
+                        .collect();
+                    if !keys.is_empty() {
+                        response
+                            .one_time_keys
+                            .entry(user_id.clone())
+                            .or_default()
+                            .insert(device_id.clone(), keys);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Sends one request per server, all at once, each bounded by `timeout`.
+    async fn ask(
+        &self,
+        ask: Ask,
+        bodies: BTreeMap<OwnedServerName, Value>,
+        timeout: Duration,
+    ) -> Vec<(OwnedServerName, Result<Value, RemoteError>)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (server, body) in bodies {
+            let federation: Arc<dyn Federation> = self.federation().clone();
+            tasks.spawn(async move {
+                let call = async {
+                    match ask {
+                        Ask::Query => federation.query_keys(&server, body, timeout).await,
+                        Ask::Claim => federation.claim_keys(&server, body, timeout).await,
+                    }
+                };
+                let answer = tokio::time::timeout(timeout, call)
+                    .await
+                    .unwrap_or_else(|_| Err(RemoteError::Unreachable("timed out".into())));
+                (server, answer)
+            });
+        }
+        let mut answers = Vec::new();
+        while let Some(done) = tasks.join_next().await {
+            match done {
+                Ok(answer) => answers.push(answer),
+                Err(err) => tracing::error!(%err, "a federation request task failed"),
+            }
+        }
+        answers
+    }
+}
+
+/// Device keys must say whose they are; a server may not answer with someone else's.
+fn names(keys: &Value, user_id: &str, device_id: &str) -> bool {
+    let keys: Option<&Map<String, Value>> = keys.as_object();
+    keys.is_some_and(|k| {
+        k.get("user_id").and_then(Value::as_str) == Some(user_id)
+            && k.get("device_id").and_then(Value::as_str) == Some(device_id)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use async_trait::async_trait;
+    use ruma::ServerName;
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{homeserver_with, user};
+
+    /// Answers per server: a canned body, an error, or never.
+    #[derive(Default)]
+    struct Scripted {
+        answers: BTreeMap<String, Option<Result<Value, RemoteError>>>,
+        asked: Mutex<Vec<(String, Value)>>,
+    }
+
+    impl Scripted {
+        async fn answer(&self, server: &ServerName, body: Value) -> Result<Value, RemoteError> {
+            self.asked.lock().unwrap().push((server.to_string(), body));
+            match self.answers.get(server.as_str()).cloned().flatten() {
+                Some(answer) => answer,
+                None => std::future::pending().await,
+            }
+        }
+    }
+
+    #[async_trait]
+    impl Federation for Scripted {
+        async fn query_keys(
+            &self,
+            s: &ServerName,
+            b: Value,
+            _: Duration,
+        ) -> Result<Value, RemoteError> {
+            self.answer(s, b).await
+        }
+        async fn claim_keys(
+            &self,
+            s: &ServerName,
+            b: Value,
+            _: Duration,
+        ) -> Result<Value, RemoteError> {
+            self.answer(s, b).await
+        }
+    }
+
+    fn keys_of(user: &str, device: &str) -> Value {
+        json!({ "user_id": user, "device_id": device, "algorithms": [], "keys": {}, "signatures": {} })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_queries_keep_only_what_each_server_may_answer() {
+        let good = json!({
+            "device_keys": {
+                "@a:good.test": { "A1": keys_of("@a:good.test", "A1"), "A2": keys_of("@a:good.test", "A2"),
+                                   "LIE": keys_of("@a:good.test", "OTHER") },
+                "@x:elsewhere.test": { "X1": keys_of("@x:elsewhere.test", "X1") },
+            },
+            "master_keys": { "@a:good.test": { "user_id": "@a:good.test", "usage": ["master"], "keys": {} } },
+        });
+        let fed = Arc::new(Scripted {
+            answers: [
+                ("good.test".to_owned(), Some(Ok(good))),
+                (
+                    "down.test".to_owned(),
+                    Some(Err(RemoteError::Unreachable("connection refused".into()))),
+                ),
+                ("hung.test".to_owned(), None),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let (hs, _) = homeserver_with(true, fed.clone());
+        let me = user(&hs, "me", "D").await;
+        let req = serde_json::from_value(json!({
+            "device_keys": { "@a:good.test": [], "@b:down.test": [], "@c:hung.test": ["C1"] },
+            "timeout": 3000,
+        }))
+        .unwrap();
+        let res = hs.query_keys(&me.user_id, req).await.unwrap();
+
+        let a: &OwnedUserId = &"@a:good.test".try_into().unwrap();
+        let devices: Vec<&str> = res.device_keys[a].keys().map(|d| d.as_str()).collect();
+        assert_eq!(devices, ["A1", "A2"], "the mislabelled device is dropped");
+        assert!(res.master_keys.contains_key(a));
+        assert_eq!(
+            res.device_keys.len(),
+            1,
+            "no keys of users nobody asked for"
+        );
+        assert_eq!(res.failures["down.test"]["status"], 503);
+        assert_eq!(
+            res.failures["hung.test"]["status"], 503,
+            "the deadline ends the wait"
+        );
+        assert!(!res.failures.contains_key("good.test"));
+        let asked = fed.asked.lock().unwrap().clone();
+        assert_eq!(asked.len(), 3, "one request per server");
+        let hung = asked.iter().find(|(s, _)| s == "hung.test").unwrap();
+        assert_eq!(hung.1, json!({ "device_keys": { "@c:hung.test": ["C1"] } }));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn remote_claims_keep_only_asked_devices_and_report_statuses() {
+        let good = json!({ "one_time_keys": {
+            "@a:good.test": { "A1": { "signed_curve25519:k": { "key": "K" } },
+                               "UNASKED": { "signed_curve25519:u": { "key": "U" } } },
+            "@x:elsewhere.test": { "X1": { "signed_curve25519:x": { "key": "X" } } },
+        }});
+        let fed = Arc::new(Scripted {
+            answers: [
+                ("good.test".to_owned(), Some(Ok(good))),
+                (
+                    "limited.test".to_owned(),
+                    Some(Err(RemoteError::Status {
+                        status: 429,
+                        message: "slow down".into(),
+                    })),
+                ),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let (hs, _) = homeserver_with(true, fed.clone());
+        let req = serde_json::from_value(json!({ "one_time_keys": {
+            "@a:good.test": { "A1": "signed_curve25519" },
+            "@l:limited.test": { "L1": "signed_curve25519" },
+        }}))
+        .unwrap();
+        let res = hs.claim_keys(req).await.unwrap();
+        let a: OwnedUserId = "@a:good.test".try_into().unwrap();
+        let got = &res.one_time_keys[&a];
+        assert_eq!(got.keys().map(|d| d.as_str()).collect::<Vec<_>>(), ["A1"]);
+        assert_eq!(
+            got[&OwnedDeviceId::from("A1")]["signed_curve25519:k"].get(),
+            r#"{"key":"K"}"#
+        );
+        assert_eq!(res.one_time_keys.len(), 1);
+        assert_eq!(res.failures["limited.test"]["status"], 429);
+    }
+}

@@ -1,0 +1,266 @@
+//! The federation HTTP client: finds where a server listens, signs each request with X-Matrix,
+//! and turns every way a request can fail into a [`RemoteError`].
+//!
+//! Where a server listens (the spec's server discovery): a configured static route wins (tests,
+//! private networks); an IP literal or a name with an explicit port is used as is; otherwise
+//! `https://<name>/.well-known/matrix/server` may delegate to another name (with its own port
+//! rules), and the default port is 8448. TLS uses the name being connected to for SNI and the
+//! certificate check, which is on unless the operator turns it off. SRV records are not looked
+//! up yet.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use cairn_core::federation::{Federation, RemoteError};
+use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
+use serde_json::Value;
+
+use crate::ServerIdentity;
+
+/// How long a `.well-known` answer (or its absence) is remembered.
+const WELL_KNOWN_TTL: Duration = Duration::from_secs(60 * 60);
+/// The longest a `.well-known` lookup may take.
+const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How the client reaches other servers.
+#[derive(Debug, Clone, Default)]
+pub struct ClientSettings {
+    /// Check other servers' TLS certificates (turn off only in tests).
+    pub verify_tls: bool,
+    /// Extra trusted root certificates, PEM (a private or test CA).
+    pub extra_roots_pem: Vec<Vec<u8>>,
+    /// Fixed `host:port` per server name, used instead of discovery.
+    pub static_routes: BTreeMap<String, String>,
+}
+
+/// A remembered `.well-known` answer: when it was fetched and the `m.server` it named, if any.
+type Delegation = (Instant, Option<String>);
+
+/// Sends signed requests to other servers. Cheap to clone.
+#[derive(Clone)]
+pub struct FederationClient {
+    http: reqwest::Client,
+    identity: ServerIdentity,
+    static_routes: Arc<BTreeMap<String, String>>,
+    well_known: Arc<Mutex<BTreeMap<OwnedServerName, Delegation>>>,
+}
+
+impl FederationClient {
+    /// Builds a client that signs as `identity`.
+    pub fn new(identity: ServerIdentity, settings: &ClientSettings) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .user_agent(concat!("Cairn/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(Duration::from_secs(10))
+            .danger_accept_invalid_certs(!settings.verify_tls);
+        for pem in &settings.extra_roots_pem {
+            let cert = reqwest::Certificate::from_pem(pem).map_err(|e| e.to_string())?;
+            builder = builder.add_root_certificate(cert);
+        }
+        Ok(Self {
+            http: builder.build().map_err(|e| e.to_string())?,
+            identity,
+            static_routes: Arc::new(settings.static_routes.clone()),
+            well_known: Arc::default(),
+        })
+    }
+
+    /// Sends a signed request and returns the JSON answer.
+    pub async fn send(
+        &self,
+        destination: &ServerName,
+        method: reqwest::Method,
+        path_and_query: &str,
+        body: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value, RemoteError> {
+        let base = self.base_url(destination).await;
+        let content: Option<CanonicalJsonValue> = body
+            .as_ref()
+            .map(|b| serde_json::from_value(b.clone()))
+            .transpose()
+            .map_err(|e| {
+                RemoteError::Invalid(format!("request body is not canonical JSON: {e}"))
+            })?;
+        let authorization = self.identity.authorize(
+            destination,
+            method.as_str(),
+            path_and_query,
+            content.as_ref(),
+        );
+        let mut request = self
+            .http
+            .request(method, format!("{base}{path_and_query}"))
+            .header(reqwest::header::AUTHORIZATION, authorization)
+            .timeout(timeout);
+        if let Some(body) = &body {
+            request = request.json(body);
+        }
+        read_json(request.send().await).await
+    }
+
+    /// Fetches `server`'s key document (`GET /_matrix/key/v2/server`, unsigned).
+    pub async fn key_document(
+        &self,
+        server: &ServerName,
+        timeout: Duration,
+    ) -> Result<CanonicalJsonObject, RemoteError> {
+        let base = self.base_url(server).await;
+        let answer = read_json(
+            self.http
+                .get(format!("{base}/_matrix/key/v2/server"))
+                .timeout(timeout)
+                .send()
+                .await,
+        )
+        .await?;
+        serde_json::from_value(answer)
+            .map_err(|e| RemoteError::Invalid(format!("key document is not canonical JSON: {e}")))
+    }
+
+    /// `https://host:port` for `server`, following the discovery rules above.
+    async fn base_url(&self, server: &ServerName) -> String {
+        if let Some(route) = self.static_routes.get(server.as_str()) {
+            return format!("https://{route}");
+        }
+        if let Some(direct) = direct_address(server.as_str()) {
+            return format!("https://{direct}");
+        }
+        match self.delegation(server).await {
+            Some(delegated) => {
+                let target = direct_address(&delegated).unwrap_or(format!("{delegated}:8448"));
+                format!("https://{target}")
+            }
+            None => format!("https://{}:8448", server.host()),
+        }
+    }
+
+    /// The `m.server` of `server`'s `.well-known`, cached for an hour either way.
+    async fn delegation(&self, server: &ServerName) -> Option<String> {
+        if let Some((at, answer)) = self.well_known.lock().ok()?.get(server)
+            && at.elapsed() < WELL_KNOWN_TTL
+        {
+            return answer.clone();
+        }
+        let url = format!("https://{}/.well-known/matrix/server", server.host());
+        let answer = match self.http.get(url).timeout(WELL_KNOWN_TIMEOUT).send().await {
+            Ok(res) if res.status().is_success() => res
+                .json::<Value>()
+                .await
+                .ok()
+                .and_then(|v| v.get("m.server")?.as_str().map(str::to_owned))
+                .filter(|name| ServerName::parse(name).is_ok()),
+            _ => None,
+        };
+        if let Ok(mut cache) = self.well_known.lock() {
+            cache.insert(server.to_owned(), (Instant::now(), answer.clone()));
+        }
+        answer
+    }
+}
+
+/// `host:port` when the name itself says where to connect: an IP literal (port 8448 unless
+/// given) or any name with an explicit port.
+fn direct_address(name: &str) -> Option<String> {
+    let server = ServerName::parse(name).ok()?;
+    if server.port().is_some() {
+        return Some(name.to_owned());
+    }
+    let host = server.host();
+    let ip = host.trim_start_matches('[').trim_end_matches(']');
+    ip.parse::<IpAddr>().ok().map(|_| format!("{host}:8448"))
+}
+
+/// The JSON body of a successful answer; anything else as the matching [`RemoteError`].
+async fn read_json(sent: Result<reqwest::Response, reqwest::Error>) -> Result<Value, RemoteError> {
+    let response = sent.map_err(|e| RemoteError::Unreachable(describe(&e)))?;
+    let status = response.status();
+    let body = response
+        .bytes()
+        .await
+        .map_err(|e| RemoteError::Unreachable(describe(&e)))?;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|v| v.get("error")?.as_str().map(str::to_owned))
+            .unwrap_or_else(|| status.canonical_reason().unwrap_or("error").to_owned());
+        return Err(RemoteError::Status {
+            status: status.as_u16(),
+            message,
+        });
+    }
+    serde_json::from_slice(&body).map_err(|e| RemoteError::Invalid(e.to_string()))
+}
+
+/// A transport error with its cause chain, which reqwest keeps out of its own message.
+fn describe(err: &reqwest::Error) -> String {
+    let mut text = if err.is_timeout() {
+        "timed out".to_owned()
+    } else {
+        err.to_string()
+    };
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    text
+}
+
+#[async_trait]
+impl Federation for FederationClient {
+    async fn query_keys(
+        &self,
+        destination: &ServerName,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, RemoteError> {
+        let path = "/_matrix/federation/v1/user/keys/query";
+        self.send(
+            destination,
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            timeout,
+        )
+        .await
+    }
+
+    async fn claim_keys(
+        &self,
+        destination: &ServerName,
+        body: Value,
+        timeout: Duration,
+    ) -> Result<Value, RemoteError> {
+        let path = "/_matrix/federation/v1/user/keys/claim";
+        self.send(
+            destination,
+            reqwest::Method::POST,
+            path,
+            Some(body),
+            timeout,
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_that_say_where_to_connect() {
+        assert_eq!(direct_address("1.2.3.4"), Some("1.2.3.4:8448".into()));
+        assert_eq!(direct_address("1.2.3.4:99"), Some("1.2.3.4:99".into()));
+        assert_eq!(direct_address("[::1]"), Some("[::1]:8448".into()));
+        assert_eq!(direct_address("[::1]:99"), Some("[::1]:99".into()));
+        assert_eq!(
+            direct_address("example.org:8000"),
+            Some("example.org:8000".into())
+        );
+        assert_eq!(direct_address("example.org"), None, "needs discovery");
+    }
+}
