@@ -59,6 +59,9 @@ pub trait Federation: Send + Sync {
         body: Value,
         timeout: Duration,
     ) -> Result<Value, RemoteError>;
+
+    /// Items were queued for other servers: the sender should look at the queue now.
+    fn wake_sender(&self) {}
 }
 
 /// For a homeserver that does not federate (and for tests that need no other server): every

@@ -282,6 +282,7 @@ impl ToDeviceStore for SqlStore {
             return Ok(false);
         }
         let pos = next_position(&mut tx).await?;
+        crate::federation::enqueue(&mut tx, &batch.outbound).await?;
         for (user, device, content) in &batch.messages {
             sqlx::query(
                 "INSERT INTO to_device_inbox (user_id, device_id, stream_pos, sender, event_type, content) \

@@ -13,6 +13,7 @@
 
 mod accounts;
 mod e2ee;
+mod federation;
 mod group_commit;
 mod migrate;
 mod rooms;

@@ -40,6 +40,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/common/0006_remote_server_keys.sql"),
         include_str!("../migrations/common/0006_remote_server_keys.sql"),
     ),
+    (
+        7,
+        include_str!("../migrations/sqlite/0007_federation_queue.sql"),
+        include_str!("../migrations/postgres/0007_federation_queue.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -182,6 +182,7 @@ impl ToDeviceStore for MemoryStore {
             return Ok(false);
         }
         let pos = state.advance(None);
+        state.federation.enqueue(&batch.outbound);
         for (user, device, content) in &batch.messages {
             state.inbox.insert(
                 (user.clone(), device.clone(), pos),

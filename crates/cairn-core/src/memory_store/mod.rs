@@ -13,6 +13,7 @@ use serde_json::value::RawValue;
 use crate::store::*;
 
 mod e2ee;
+mod federation;
 mod rooms;
 
 #[derive(Default)]
@@ -38,6 +39,7 @@ struct State {
     next_filter: u64,
     signing_key: Option<SigningKeyRecord>,
     remote_keys: BTreeMap<(String, String), RemoteKey>,
+    federation: federation::FederationState,
 }
 
 /// The in-memory store.

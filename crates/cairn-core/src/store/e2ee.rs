@@ -98,6 +98,8 @@ pub struct ToDeviceBatch {
     pub event_type: String,
     /// One message per recipient device.
     pub messages: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
+    /// `m.direct_to_device` EDUs for recipients on other servers, queued with the rest.
+    pub outbound: Vec<super::OutboundEdu>,
 }
 
 /// End-to-end encryption keys.

@@ -270,6 +270,7 @@ pub trait Store:
     + SyncStore
     + RoomStore
     + CrossSigningStore
+    + FederationStore
 {
 }
 
@@ -284,12 +285,15 @@ impl<T> Store for T where
         + SyncStore
         + RoomStore
         + CrossSigningStore
+        + FederationStore
 {
 }
 
 mod cross_signing;
 mod e2ee;
+mod federation;
 mod rooms;
 pub use cross_signing::*;
 pub use e2ee::*;
+pub use federation::*;
 pub use rooms::*;

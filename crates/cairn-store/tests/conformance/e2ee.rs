@@ -236,6 +236,7 @@ pub(crate) async fn deleting_a_device_deletes_its_keys_and_inbox(h: &Harness) {
         txn_id: "t".into(),
         event_type: "m.test".into(),
         messages: vec![(alice().to_owned(), "D1".into(), raw("{}"))],
+        outbound: vec![],
     };
     assert!(s.send_to_device(&batch).await.unwrap());
     let before = s.current_position().await.unwrap();
@@ -286,6 +287,7 @@ pub(crate) async fn to_device_batches_are_deduplicated_and_paged(h: &Harness) {
             "B1".into(),
             raw(&format!(r#"{{"n": {n}}}"#)),
         )],
+        outbound: vec![],
     };
     for i in 0..5 {
         assert!(s.send_to_device(&batch(&format!("t{i}"), i)).await.unwrap());

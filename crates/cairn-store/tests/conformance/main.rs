@@ -65,7 +65,9 @@ macro_rules! conformance {
 }
 
 mod e2ee;
+mod federation;
 use e2ee::*;
+use federation::*;
 
 conformance!(
     keys_are_written_and_read_back_exactly,
@@ -83,6 +85,8 @@ conformance!(
     profiles_account_data_and_filters,
     signing_key_is_stored_once,
     remote_keys_are_cached_and_replaced,
+    queued_items_keep_their_order_until_delivered,
+    backoff_leases_and_inbound_transactions_persist,
     data_survives_reopening,
     concurrent_registrations_of_one_name_let_one_win,
 );

@@ -1,0 +1,106 @@
+//! The federation queue, backoff, leases and inbound transactions.
+
+use cairn_core::store::*;
+use ruma::server_name;
+use serde_json::value::RawValue;
+
+use crate::Harness;
+
+fn edu(destination: &str, n: u32) -> OutboundEdu {
+    OutboundEdu {
+        destination: destination.try_into().unwrap(),
+        edu: RawValue::from_string(format!(r#"{{"edu_type":"m.test","content":{{"n":{n}}}}}"#))
+            .unwrap(),
+    }
+}
+
+fn batch(txn: &str, outbound: Vec<OutboundEdu>) -> ToDeviceBatch {
+    ToDeviceBatch {
+        sender: "@alice:example.org".try_into().unwrap(),
+        sender_device: "D1".into(),
+        txn_id: txn.into(),
+        event_type: "m.test".into(),
+        messages: vec![],
+        outbound,
+    }
+}
+
+pub(crate) async fn queued_items_keep_their_order_until_delivered(h: &Harness) {
+    let s = &h.store;
+    let (a, b) = (server_name!("a.test"), server_name!("b.test"));
+    s.send_to_device(&batch("t1", vec![edu("a.test", 1), edu("b.test", 2)]))
+        .await
+        .unwrap();
+    s.send_to_device(&batch("t2", vec![edu("a.test", 3)]))
+        .await
+        .unwrap();
+    // A repeated client transaction queues nothing.
+    s.send_to_device(&batch("t2", vec![edu("a.test", 4)]))
+        .await
+        .unwrap();
+    let names: Vec<String> = s
+        .destinations_with_items()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(d, _)| d.to_string())
+        .collect();
+    assert_eq!(names, ["a.test", "b.test"]);
+
+    let store = h.reopen().await;
+    let queued = store.queued(a, 10).await.unwrap();
+    let contents: Vec<&str> = queued.iter().map(|q| q.edu.get()).collect();
+    assert_eq!(
+        contents,
+        [
+            r#"{"edu_type":"m.test","content":{"n":1}}"#,
+            r#"{"edu_type":"m.test","content":{"n":3}}"#
+        ]
+    );
+    assert!(queued[0].seq < queued[1].seq);
+    assert_eq!(store.queued(a, 1).await.unwrap().len(), 1);
+    store.dequeue(a, &[queued[0].seq]).await.unwrap();
+    assert_eq!(store.queued(a, 10).await.unwrap()[0].seq, queued[1].seq);
+    store.dequeue(a, &[queued[1].seq]).await.unwrap();
+    let left = store.destinations_with_items().await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].0, b);
+}
+
+pub(crate) async fn backoff_leases_and_inbound_transactions_persist(h: &Harness) {
+    let s = &h.store;
+    let a = server_name!("a.test");
+    assert_eq!(s.backoff(a).await.unwrap(), Backoff::default());
+    let backoff = Backoff {
+        retry_after_ms: 5_000,
+        interval_ms: 2_000,
+    };
+    s.set_backoff(a, backoff).await.unwrap();
+
+    assert!(s.lease_destination(a, 100, 200).await.unwrap());
+    assert!(!s.lease_destination(a, 150, 300).await.unwrap(), "held");
+    assert!(s.lease_destination(a, 200, 300).await.unwrap(), "expired");
+    s.release_destination(a).await.unwrap();
+    assert!(s.lease_destination(a, 201, 400).await.unwrap(), "released");
+    assert_eq!(
+        s.backoff(a).await.unwrap(),
+        backoff,
+        "leases leave the backoff alone"
+    );
+
+    assert_eq!(s.inbound_transaction(a, "t").await.unwrap(), None);
+    s.record_inbound_transaction(a, "t", "{}").await.unwrap();
+    let store = h.reopen().await;
+    assert_eq!(store.backoff(a).await.unwrap(), backoff);
+    assert_eq!(
+        store.inbound_transaction(a, "t").await.unwrap().as_deref(),
+        Some("{}")
+    );
+    assert_eq!(
+        store
+            .inbound_transaction(server_name!("b.test"), "t")
+            .await
+            .unwrap(),
+        None
+    );
+}
