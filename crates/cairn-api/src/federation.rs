@@ -5,9 +5,10 @@ use axum::Json;
 use axum::Router;
 use axum::extract::{FromRequest, FromRequestParts, Request, State};
 use axum::http::request::Parts;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use cairn_core::ErrorKind;
 use cairn_core::e2ee::keys::{ClaimRequest, QueryRequest};
+use cairn_core::inbound::Transaction;
 use cairn_federation::XMatrixError;
 use ruma::OwnedServerName;
 use serde::de::DeserializeOwned;
@@ -27,6 +28,10 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/_matrix/federation/v1/version", get(version))
         .route("/_matrix/federation/v1/user/keys/query", post(query_keys))
         .route("/_matrix/federation/v1/user/keys/claim", post(claim_keys))
+        .route(
+            "/_matrix/federation/v1/send/{txn_id}",
+            put(send_transaction),
+        )
         .route(
             "/_matrix/federation/v1/user/devices/{user_id}",
             get(user_devices),
@@ -115,4 +120,17 @@ async fn user_devices(
     let user_id = user_id_param(&user_id)?;
     tracing::debug!(%origin, %user_id, "federation device list request");
     Ok(Json(state.hs.federation_user_devices(&user_id).await?))
+}
+
+async fn send_transaction(
+    State(state): State<AppState>,
+    PathParams(txn_id): PathParams<String>,
+    req: SignedJson<Transaction>,
+) -> Answer {
+    Ok(Json(
+        state
+            .hs
+            .receive_transaction(&req.origin, &txn_id, req.body)
+            .await?,
+    ))
 }

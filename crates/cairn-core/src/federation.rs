@@ -61,7 +61,7 @@ pub trait Federation: Send + Sync {
     ) -> Result<Value, RemoteError>;
 
     /// Items were queued for other servers: the sender should look at the queue now.
-    fn wake_sender(&self) {}
+    fn wake_sender(&self);
 }
 
 /// For a homeserver that does not federate (and for tests that need no other server): every
@@ -86,5 +86,108 @@ impl Federation for NoFederation {
         _: Duration,
     ) -> Result<Value, RemoteError> {
         Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    fn wake_sender(&self) {}
+}
+
+/// When to try a destination again after failed attempts. The default is Synapse's schedule:
+/// 10 minutes after the first failure, then twice as long each time (with jitter), at most a
+/// week. Tests shorten it to milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BackoffPolicy {
+    /// The wait after the first failure.
+    pub min_ms: u64,
+    /// How much longer each further wait is.
+    pub multiplier: f64,
+    /// The longest wait.
+    pub max_ms: u64,
+}
+
+impl Default for BackoffPolicy {
+    fn default() -> Self {
+        Self {
+            min_ms: 10 * 60 * 1000,
+            multiplier: 2.0,
+            max_ms: 7 * 24 * 60 * 60 * 1000,
+        }
+    }
+}
+
+impl BackoffPolicy {
+    /// The backoff after a failed attempt at `now_ms`. `jitter` (drawn from 0.8..1.4 by the
+    /// caller) keeps servers that failed together from retrying together.
+    pub fn after_failure(
+        &self,
+        previous: crate::store::Backoff,
+        now_ms: u64,
+        jitter: f64,
+    ) -> crate::store::Backoff {
+        let interval_ms = if previous.interval_ms == 0 {
+            self.min_ms
+        } else {
+            let grown = previous.interval_ms as f64 * self.multiplier * jitter;
+            (grown as u64).clamp(self.min_ms, self.max_ms)
+        };
+        crate::store::Backoff {
+            retry_after_ms: now_ms.saturating_add(interval_ms),
+            interval_ms,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Backoff;
+
+    #[test]
+    fn backoff_starts_at_the_minimum_grows_and_is_capped() {
+        let policy = BackoffPolicy {
+            min_ms: 100,
+            multiplier: 2.0,
+            max_ms: 1_000,
+        };
+        let first = policy.after_failure(Backoff::default(), 5_000, 1.4);
+        assert_eq!(
+            first,
+            Backoff {
+                retry_after_ms: 5_100,
+                interval_ms: 100
+            },
+            "no jitter on the first"
+        );
+        let second = policy.after_failure(first, 6_000, 1.0);
+        assert_eq!(second.interval_ms, 200);
+        assert_eq!(policy.after_failure(second, 0, 0.8).interval_ms, 320);
+        let mut b = second;
+        for _ in 0..10 {
+            b = policy.after_failure(b, 0, 1.4);
+        }
+        assert_eq!(b.interval_ms, 1_000, "capped");
+        // A jitter below 1 never takes the wait under the minimum.
+        let low = policy.after_failure(
+            Backoff {
+                retry_after_ms: 0,
+                interval_ms: 100,
+            },
+            0,
+            0.01,
+        );
+        assert_eq!(low.interval_ms, 100);
+    }
+
+    #[test]
+    fn failures_are_reported_in_synapse_shape() {
+        let refused = RemoteError::Unreachable("connection refused".into());
+        assert_eq!(refused.to_failure()["status"], 503);
+        let limited = RemoteError::Status {
+            status: 429,
+            message: "slow".into(),
+        };
+        assert_eq!(
+            limited.to_failure(),
+            serde_json::json!({ "status": 429, "message": "429: slow" })
+        );
     }
 }

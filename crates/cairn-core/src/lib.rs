@@ -17,6 +17,7 @@ pub mod e2ee;
 pub mod error;
 pub mod federation;
 pub mod ids;
+pub mod inbound;
 pub mod memory_store;
 pub mod notify;
 pub mod rooms;

@@ -46,6 +46,7 @@ pub struct FederationClient {
     identity: ServerIdentity,
     static_routes: Arc<BTreeMap<String, String>>,
     well_known: Arc<Mutex<BTreeMap<OwnedServerName, Delegation>>>,
+    sender_wake: Arc<tokio::sync::Notify>,
 }
 
 impl FederationClient {
@@ -65,7 +66,18 @@ impl FederationClient {
             identity,
             static_routes: Arc::new(settings.static_routes.clone()),
             well_known: Arc::default(),
+            sender_wake: Arc::default(),
         })
+    }
+
+    /// The server this client speaks for.
+    pub fn server_name(&self) -> &OwnedServerName {
+        self.identity.server_name()
+    }
+
+    /// Wakes the outbound sender (see [`crate::sender`]).
+    pub fn sender_wake(&self) -> &Arc<tokio::sync::Notify> {
+        &self.sender_wake
     }
 
     /// Sends a signed request and returns the JSON answer.
@@ -244,6 +256,10 @@ impl Federation for FederationClient {
             timeout,
         )
         .await
+    }
+
+    fn wake_sender(&self) {
+        self.sender_wake.notify_one();
     }
 }
 

@@ -7,6 +7,7 @@
 
 pub mod client;
 pub mod identity;
+pub mod sender;
 pub mod server_keys;
 pub mod tls;
 pub mod xmatrix;

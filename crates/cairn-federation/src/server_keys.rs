@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD_NO_PAD;
-use cairn_core::Clock;
-use cairn_core::store::{RemoteKey, ServerKeyStore};
+use cairn_core::store::{Backoff, RemoteKey};
+use cairn_core::{Clock, Store};
 use ruma::signatures::{PublicKeyMap, PublicKeySet, verify_json};
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
 
@@ -108,7 +108,7 @@ const KEY_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct KeyRing {
     us: OwnedServerName,
-    store: Arc<dyn ServerKeyStore>,
+    store: Arc<dyn Store>,
     client: FederationClient,
     clock: Arc<dyn Clock>,
 }
@@ -117,7 +117,7 @@ impl KeyRing {
     /// A key ring for the server `us`.
     pub fn new(
         us: OwnedServerName,
-        store: Arc<dyn ServerKeyStore>,
+        store: Arc<dyn Store>,
         client: FederationClient,
         clock: Arc<dyn Clock>,
     ) -> Self {
@@ -178,7 +178,23 @@ impl KeyRing {
             .await
             .map_err(XMatrixError::BadSignature)?;
         credential.verify(&self.us, method, uri, content.as_ref(), &key)?;
+        self.heard_from(&credential.origin).await;
         Ok(credential.origin)
+    }
+
+    /// A server that just sent a valid request is up: its backoff ends and its queue goes now.
+    async fn heard_from(&self, origin: &ServerName) {
+        match self.store.backoff(origin).await {
+            Ok(backoff) if backoff != Backoff::default() => {
+                if let Err(err) = self.store.set_backoff(origin, Backoff::default()).await {
+                    tracing::warn!(%err, %origin, "cannot clear the backoff");
+                }
+                tracing::info!(%origin, "server is back; sending its queue");
+                self.client.sender_wake().notify_one();
+            }
+            Ok(_) => {}
+            Err(err) => tracing::warn!(%err, %origin, "cannot read the backoff"),
+        }
     }
 }
 

@@ -58,6 +58,7 @@ impl FederationStore for SqlStore {
     async fn lease_destination(
         &self,
         destination: &ServerName,
+        holder: &str,
         now_ms: u64,
         until_ms: u64,
     ) -> StoreResult<bool> {
@@ -70,11 +71,13 @@ impl FederationStore for SqlStore {
         .await
         .map_err(backend_err)?;
         let taken = sqlx::query(
-            "UPDATE federation_destinations SET leased_until_ms = $1 \
-             WHERE destination = $2 AND leased_until_ms <= $3",
+            "UPDATE federation_destinations SET leased_by = $1, leased_until_ms = $2 \
+             WHERE destination = $3 AND (leased_by = $4 OR leased_until_ms <= $5)",
         )
+        .bind(holder)
         .bind(ms(until_ms))
         .bind(destination.as_str())
+        .bind(holder)
         .bind(ms(now_ms))
         .execute(&mut *tx)
         .await
@@ -85,14 +88,26 @@ impl FederationStore for SqlStore {
         Ok(taken)
     }
 
-    async fn release_destination(&self, destination: &ServerName) -> StoreResult<()> {
+    async fn release_destination(&self, destination: &ServerName, holder: &str) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE federation_destinations SET leased_until_ms = 0 WHERE destination = $1",
+            "UPDATE federation_destinations SET leased_by = '', leased_until_ms = 0 \
+             WHERE destination = $1 AND leased_by = $2",
         )
         .bind(destination.as_str())
+        .bind(holder)
         .execute(&self.write)
         .await
         .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn forget_stale_leases(&self) -> StoreResult<()> {
+        if self.backend == crate::Backend::Sqlite {
+            sqlx::query("UPDATE federation_destinations SET leased_by = '', leased_until_ms = 0")
+                .execute(&self.write)
+                .await
+                .map_err(backend_err)?;
+        }
         Ok(())
     }
 

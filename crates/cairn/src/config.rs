@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use anyhow::Context;
+use cairn_core::federation::BackoffPolicy;
 use figment::Figment;
 use figment::providers::{Env, Format, Serialized, Toml};
 use serde::{Deserialize, Serialize};
@@ -99,6 +100,12 @@ pub struct Federation {
     pub ca_file: Option<PathBuf>,
     /// Fixed `host:port` per server name, used instead of server discovery.
     pub static_routes: std::collections::BTreeMap<String, String>,
+    /// The wait before retrying a server after its first failure, in milliseconds.
+    pub backoff_min_ms: u64,
+    /// How much longer each further wait is.
+    pub backoff_multiplier: f64,
+    /// The longest wait, in milliseconds.
+    pub backoff_max_ms: u64,
 }
 
 impl Default for Federation {
@@ -107,6 +114,9 @@ impl Default for Federation {
             verify_tls: true,
             ca_file: None,
             static_routes: Default::default(),
+            backoff_min_ms: BackoffPolicy::default().min_ms,
+            backoff_multiplier: BackoffPolicy::default().multiplier,
+            backoff_max_ms: BackoffPolicy::default().max_ms,
         }
     }
 }

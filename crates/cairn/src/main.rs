@@ -105,7 +105,7 @@ fn read_password() -> anyhow::Result<String> {
 
 async fn add_user(config: config::Config, name: &str, password: String) -> anyhow::Result<()> {
     anyhow::ensure!(!password.is_empty(), "the password is empty");
-    let (hs, store, _, _) = serve::homeserver(&config).await?;
+    let serve::Built { hs, store, .. } = serve::homeserver(&config).await?;
     let registered = hs
         .create_account(name, Some(password), None)
         .await

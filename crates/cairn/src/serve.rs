@@ -8,6 +8,7 @@ use anyhow::Context;
 use axum_server::tls_rustls::RustlsConfig;
 use cairn_api::{ApiSettings, AppState};
 use cairn_core::clock::SystemClock;
+use cairn_core::federation::BackoffPolicy;
 use cairn_core::notify::LocalNotifier;
 use cairn_core::{Clock, CoreConfig, Homeserver, Services};
 use cairn_federation::{ClientSettings, FederationClient, KeyRing, ServerIdentity, tls};
@@ -18,11 +19,25 @@ use crate::config::Config;
 /// How long in-flight requests may take to finish after a shutdown signal.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
+/// A homeserver and the parts `serve` wires around it.
+pub struct Built {
+    /// The rules.
+    pub hs: Homeserver,
+    /// The store.
+    pub store: SqlStore,
+    /// The signing identity.
+    pub identity: ServerIdentity,
+    /// Other servers' keys.
+    pub key_ring: KeyRing,
+    /// The federation client.
+    pub client: FederationClient,
+    /// The outbound sender's retry schedule.
+    pub backoff: BackoffPolicy,
+}
+
 /// Opens the store, loads the signing key and builds the homeserver that both `serve` and
 /// `user add` use.
-pub async fn homeserver(
-    config: &Config,
-) -> anyhow::Result<(Homeserver, SqlStore, ServerIdentity, KeyRing)> {
+pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
     let server_name = ruma::ServerName::parse(&config.server_name)
         .with_context(|| format!("invalid server_name {:?}", config.server_name))?;
     std::fs::create_dir_all(&config.data_dir)
@@ -56,6 +71,12 @@ pub async fn homeserver(
         client.clone(),
         clock.clone(),
     );
+    let policy = BackoffPolicy {
+        min_ms: config.federation.backoff_min_ms,
+        multiplier: config.federation.backoff_multiplier,
+        max_ms: config.federation.backoff_max_ms,
+    };
+
     let mut core = CoreConfig::new(server_name);
     core.registration_open = config.registration.open;
     let services = Services {
@@ -63,9 +84,16 @@ pub async fn homeserver(
         clock,
         notifier: Arc::new(LocalNotifier::new()),
         signer: Arc::new(identity.clone()),
-        federation: Arc::new(client),
+        federation: Arc::new(client.clone()),
     };
-    Ok((Homeserver::new(core, services), store, identity, key_ring))
+    Ok(Built {
+        hs: Homeserver::new(core, services),
+        store,
+        identity,
+        key_ring,
+        client,
+        backoff: policy,
+    })
 }
 
 /// A server started in this process; [`RunningServer::stop`] shuts it down gracefully.
@@ -76,6 +104,7 @@ pub struct RunningServer {
     pub federation_addr: SocketAddr,
     /// The rules, for callers that drive the server directly (tests, `cairn demo`).
     pub homeserver: Homeserver,
+    federation_client: FederationClient,
     stop: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -85,6 +114,28 @@ impl RunningServer {
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.stop.send(true);
         self.task.await.context("server task panicked")?
+    }
+
+    /// Sends a signed federation request as this server (tests, `cairn demo`).
+    pub async fn send_federation(
+        &self,
+        destination: &str,
+        method: &str,
+        path: &str,
+        body: serde_json::Value,
+    ) -> anyhow::Result<serde_json::Value> {
+        let destination = ruma::ServerName::parse(destination)?;
+        let method = reqwest::Method::from_bytes(method.as_bytes())?;
+        self.federation_client
+            .send(
+                &destination,
+                method,
+                path,
+                Some(body),
+                Duration::from_secs(10),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
     /// Runs until the task ends on its own (it does not, unless a listener fails).
@@ -109,7 +160,21 @@ pub async fn start_on(
     client_listener: std::net::TcpListener,
     federation_listener: std::net::TcpListener,
 ) -> anyhow::Result<RunningServer> {
-    let (hs, store, identity, key_ring) = homeserver(config).await?;
+    let Built {
+        hs,
+        store,
+        identity,
+        key_ring,
+        client: federation_client,
+        backoff,
+    } = homeserver(config).await?;
+    let sender = cairn_federation::sender::start(
+        federation_client.clone(),
+        Arc::new(store.clone()),
+        Arc::new(SystemClock),
+        backoff,
+        instance_id(&config.data_dir)?,
+    );
     let tls_files = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::TlsFiles {
             cert: cert.clone(),
@@ -180,6 +245,7 @@ pub async fn start_on(
         };
         let (client, federation, ()) =
             tokio::join!(client.into_future(), federation, federation_stop);
+        sender.abort();
         client.context("client listener failed")?;
         federation.context("federation listener failed")?;
         store.close().await;
@@ -189,9 +255,25 @@ pub async fn start_on(
         client_addr,
         federation_addr,
         homeserver: hs,
+        federation_client,
         stop,
         task,
     })
+}
+
+/// This process's name among processes sharing a database: random, kept in the data directory
+/// so that it survives restarts.
+fn instance_id(data_dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = data_dir.join("instance_id");
+    match std::fs::read_to_string(&path) {
+        Ok(id) if !id.trim().is_empty() => Ok(id.trim().to_owned()),
+        _ => {
+            let id = cairn_core::secrets::random_alphanumeric(16);
+            std::fs::write(&path, &id)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            Ok(id)
+        }
+    }
 }
 
 /// `cairn serve`: start, say where, and run until SIGTERM or SIGINT.

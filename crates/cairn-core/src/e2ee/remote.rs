@@ -221,6 +221,8 @@ mod tests {
         ) -> Result<Value, RemoteError> {
             self.answer(s, b).await
         }
+
+        fn wake_sender(&self) {}
     }
 
     fn keys_of(user: &str, device: &str) -> Value {

@@ -13,7 +13,7 @@ pub(super) struct FederationState {
     next_seq: u64,
     queue: BTreeMap<(OwnedServerName, u64), String>,
     backoff: BTreeMap<OwnedServerName, Backoff>,
-    leases: BTreeMap<OwnedServerName, u64>,
+    leases: BTreeMap<OwnedServerName, (String, u64)>,
     inbound: BTreeMap<(OwnedServerName, String), String>,
 }
 
@@ -46,20 +46,37 @@ impl FederationStore for MemoryStore {
     async fn lease_destination(
         &self,
         destination: &ServerName,
+        holder: &str,
         now_ms: u64,
         until_ms: u64,
     ) -> StoreResult<bool> {
         let mut state = self.state();
         let leases = &mut state.federation.leases;
-        if leases.get(destination).is_some_and(|&until| until > now_ms) {
+        if leases
+            .get(destination)
+            .is_some_and(|(by, until)| by != holder && *until > now_ms)
+        {
             return Ok(false);
         }
-        leases.insert(destination.to_owned(), until_ms);
+        leases.insert(destination.to_owned(), (holder.to_owned(), until_ms));
         Ok(true)
     }
 
-    async fn release_destination(&self, destination: &ServerName) -> StoreResult<()> {
-        self.state().federation.leases.remove(destination);
+    async fn release_destination(&self, destination: &ServerName, holder: &str) -> StoreResult<()> {
+        let mut state = self.state();
+        if state
+            .federation
+            .leases
+            .get(destination)
+            .is_some_and(|(by, _)| by == holder)
+        {
+            state.federation.leases.remove(destination);
+        }
+        Ok(())
+    }
+
+    async fn forget_stale_leases(&self) -> StoreResult<()> {
+        self.state().federation.leases.clear();
         Ok(())
     }
 

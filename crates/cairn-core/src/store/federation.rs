@@ -41,17 +41,23 @@ pub trait FederationStore: Send + Sync {
     /// Destinations with queued items, with their backoff.
     async fn destinations_with_items(&self) -> StoreResult<Vec<(OwnedServerName, Backoff)>>;
 
-    /// Takes the sending lease of `destination` until `until_ms` if nobody holds it at `now_ms`
-    /// (processes sharing a database never send to one destination at once).
+    /// Takes (or, for its holder, extends) the sending lease of `destination` until `until_ms`,
+    /// unless another holder's lease runs past `now_ms`. Processes sharing a database never send
+    /// to one destination at once.
     async fn lease_destination(
         &self,
         destination: &ServerName,
+        holder: &str,
         now_ms: u64,
         until_ms: u64,
     ) -> StoreResult<bool>;
 
     /// Gives the lease back.
-    async fn release_destination(&self, destination: &ServerName) -> StoreResult<()>;
+    async fn release_destination(&self, destination: &ServerName, holder: &str) -> StoreResult<()>;
+
+    /// Drops leases whose holders cannot be running: on a database only one process uses
+    /// (SQLite), every lease at start-up; on a shared one, none (they expire).
+    async fn forget_stale_leases(&self) -> StoreResult<()>;
 
     /// The oldest `limit` items queued for `destination`.
     async fn queued(&self, destination: &ServerName, limit: usize) -> StoreResult<Vec<QueuedItem>>;

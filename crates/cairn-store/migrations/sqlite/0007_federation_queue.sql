@@ -12,6 +12,7 @@ CREATE TABLE federation_destinations (
     destination    TEXT PRIMARY KEY,
     retry_after_ms BIGINT NOT NULL DEFAULT 0,
     interval_ms    BIGINT NOT NULL DEFAULT 0,
+    leased_by      TEXT NOT NULL DEFAULT '',
     leased_until_ms BIGINT NOT NULL DEFAULT 0
 );
 

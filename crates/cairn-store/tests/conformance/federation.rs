@@ -77,11 +77,33 @@ pub(crate) async fn backoff_leases_and_inbound_transactions_persist(h: &Harness)
     };
     s.set_backoff(a, backoff).await.unwrap();
 
-    assert!(s.lease_destination(a, 100, 200).await.unwrap());
-    assert!(!s.lease_destination(a, 150, 300).await.unwrap(), "held");
-    assert!(s.lease_destination(a, 200, 300).await.unwrap(), "expired");
-    s.release_destination(a).await.unwrap();
-    assert!(s.lease_destination(a, 201, 400).await.unwrap(), "released");
+    assert!(s.lease_destination(a, "p1", 100, 200).await.unwrap());
+    assert!(
+        !s.lease_destination(a, "p2", 150, 300).await.unwrap(),
+        "held"
+    );
+    assert!(
+        s.lease_destination(a, "p1", 150, 300).await.unwrap(),
+        "extended by its holder"
+    );
+    assert!(
+        !s.lease_destination(a, "p2", 299, 400).await.unwrap(),
+        "still held"
+    );
+    assert!(
+        s.lease_destination(a, "p2", 300, 400).await.unwrap(),
+        "expired"
+    );
+    s.release_destination(a, "p1").await.unwrap();
+    assert!(
+        !s.lease_destination(a, "p1", 301, 500).await.unwrap(),
+        "only the holder releases"
+    );
+    s.release_destination(a, "p2").await.unwrap();
+    assert!(
+        s.lease_destination(a, "p1", 301, 500).await.unwrap(),
+        "released"
+    );
     assert_eq!(
         s.backoff(a).await.unwrap(),
         backoff,

@@ -15,11 +15,15 @@ use crate::harness::{Client, Session, enc, federation_http};
 
 /// Servers that know each other's federation addresses.
 struct Federation {
-    servers: Vec<(RunningServer, TempDir)>,
+    servers: Vec<Option<RunningServer>>,
+    configs: Vec<Config>,
+    addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    _dirs: Vec<TempDir>,
 }
 
 impl Federation {
-    /// Starts one server per name. `unreachable` names are routed to a closed port.
+    /// Starts one server per name. `unreachable` names are routed to a closed port. Backoff is
+    /// short: 100 ms after the first failure, at most 1 s.
     async fn start(names: &[&str], unreachable: &[&str]) -> Self {
         let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners: Vec<_> = names.iter().map(|_| (bind(), bind())).collect();
@@ -32,8 +36,13 @@ impl Federation {
             let closed = bind().local_addr().unwrap().to_string();
             routes.insert(name.to_string(), closed);
         }
-        let mut servers = Vec::new();
-        for (name, (client, fed)) in names.iter().zip(listeners) {
+        let mut fed = Self {
+            servers: Vec::new(),
+            configs: Vec::new(),
+            addrs: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for (name, (client, federation)) in names.iter().zip(listeners) {
             let dir = tempfile::tempdir().unwrap();
             let mut config = Config {
                 server_name: name.to_string(),
@@ -44,24 +53,79 @@ impl Federation {
             config.metrics.enabled = false;
             config.federation.verify_tls = false;
             config.federation.static_routes = routes.clone();
-            servers.push((start_on(&config, client, fed).await.unwrap(), dir));
+            config.federation.backoff_min_ms = 100;
+            config.federation.backoff_max_ms = 1_000;
+            fed.addrs.push((
+                client.local_addr().unwrap(),
+                federation.local_addr().unwrap(),
+            ));
+            fed.servers
+                .push(Some(start_on(&config, client, federation).await.unwrap()));
+            fed.configs.push(config);
+            fed._dirs.push(dir);
         }
-        Self { servers }
+        fed
     }
 
     fn client(&self, i: usize) -> Client {
-        Client::at(format!("http://{}", self.servers[i].0.client_addr))
+        Client::at(format!("http://{}", self.addrs[i].0))
     }
 
     fn federation_base(&self, i: usize) -> String {
-        format!("https://{}", self.servers[i].0.federation_addr)
+        format!("https://{}", self.addrs[i].1)
     }
 
-    async fn stop(self) {
-        for (server, _dir) in self.servers {
+    /// Stops server `i` (its ports are refused until it restarts).
+    async fn stop_server(&mut self, i: usize) {
+        if let Some(server) = self.servers[i].take() {
             server.stop().await.unwrap();
         }
     }
+
+    /// Starts server `i` again on its ports and data.
+    async fn restart_server(&mut self, i: usize) {
+        let client = TcpListener::bind(self.addrs[i].0).unwrap();
+        let federation = TcpListener::bind(self.addrs[i].1).unwrap();
+        let server = start_on(&self.configs[i], client, federation)
+            .await
+            .unwrap();
+        self.servers[i] = Some(server);
+    }
+
+    async fn stop(mut self) {
+        for i in 0..self.servers.len() {
+            self.stop_server(i).await;
+        }
+    }
+}
+
+/// Syncs as `session` until `found` picks something out of a response, or 10 s pass.
+async fn sync_until<T>(
+    client: &Client,
+    session: &Session,
+    mut found: impl FnMut(&Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut since: Option<String> = None;
+    loop {
+        assert!(Instant::now() < deadline, "not seen within 10 s");
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let res = client.get(&path, Some(&session.token)).await.ok();
+        if let Some(value) = found(&res) {
+            return value;
+        }
+        since = res["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+fn to_device_bodies(sync: &Value) -> Vec<Value> {
+    sync["to_device"]["events"]
+        .as_array()
+        .map(|events| events.iter().map(|e| e["content"].clone()).collect())
+        .unwrap_or_default()
 }
 
 fn device_keys(s: &Session) -> Value {
@@ -197,6 +261,161 @@ async fn unsigned_and_forged_requests_are_refused_and_signed_ones_verify() {
     assert_eq!(
         query["device_keys"][&alice.user_id][&alice.device_id]["user_id"],
         alice.user_id
+    );
+    fed.stop().await;
+}
+
+#[tokio::test]
+async fn to_device_messages_cross_servers_and_wait_out_an_outage_in_order() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter("cairn_federation=info")
+        .with_test_writer()
+        .try_init();
+    let mut fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let send = |n: u32, txn: String| {
+        let (a, alice, bob) = (a.clone(), alice.clone(), bob.clone());
+        async move {
+            let body = json!({ "messages": { bob.user_id.as_str(): { "*": { "n": n } } } });
+            a.put(
+                &format!("/_matrix/client/v3/sendToDevice/m.test/{txn}"),
+                Some(&alice.token),
+                body,
+            )
+            .await
+            .ok();
+        }
+    };
+
+    send(0, "t0".into()).await;
+    let first = sync_until(&b, &bob, |sync| {
+        let events = sync["to_device"]["events"].as_array()?.clone();
+        (!events.is_empty()).then_some(events)
+    })
+    .await;
+    assert_eq!(first.len(), 1);
+    assert_eq!(first[0]["sender"], alice.user_id);
+    assert_eq!(first[0]["type"], "m.test");
+    assert_eq!(first[0]["content"], json!({ "n": 0 }));
+
+    // B goes down: messages queue on A, A backs off, and they arrive in order once B is back.
+    fed.stop_server(1).await;
+    for n in 1..=5 {
+        send(n, format!("t{n}")).await;
+    }
+    // A repeated client transaction is not sent twice.
+    send(99, "t5".into()).await;
+    fed.restart_server(1).await;
+    let b = fed.client(1);
+    let mut seen: Vec<Value> = Vec::new();
+    let all = sync_until(&b, &bob, |sync| {
+        seen.extend(to_device_bodies(sync));
+        (seen.len() >= 6).then(|| seen.clone())
+    })
+    .await;
+    let numbers: Vec<u64> = all.iter().filter_map(|c| c["n"].as_u64()).collect();
+    assert_eq!(numbers, [0, 1, 2, 3, 4, 5], "no loss, no repeat, in order");
+    fed.stop().await;
+}
+
+#[tokio::test]
+async fn a_retransmitted_transaction_is_applied_once() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let b = fed.client(1);
+    let bob = b.register("bob", "pw").await;
+    // The transaction is built and signed as a.test would, through a.test's own client.
+    let a_server = fed.servers[0].as_ref().unwrap();
+    let edu = json!({ "edu_type": "m.direct_to_device", "content": {
+        "sender": "@alice:a.test", "type": "m.test", "message_id": "m1",
+        "messages": { bob.user_id.as_str(): { "*": { "once": true } } },
+    }});
+    let foreign = json!({ "edu_type": "m.direct_to_device", "content": {
+        "sender": "@mallory:c.test", "type": "m.test", "message_id": "m2",
+        "messages": { bob.user_id.as_str(): { "*": { "forged": true } } },
+    }});
+    for _ in 0..2 {
+        let answer = a_server
+            .send_federation(
+                "b.test",
+                "PUT",
+                "/_matrix/federation/v1/send/txn1",
+                json!({ "origin": "a.test", "origin_server_ts": 0, "pdus": [], "edus": [edu, foreign] }),
+            )
+            .await
+            .unwrap();
+        assert_eq!(answer, json!({ "pdus": {} }));
+    }
+    let sync = b
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&bob.token))
+        .await
+        .ok();
+    assert_eq!(
+        to_device_bodies(&sync),
+        [json!({ "once": true })],
+        "delivered once; the EDU about another server's user is ignored"
+    );
+    fed.stop().await;
+}
+
+crate::both_backends!(queued_edus_survive_kill_9_of_the_sender);
+
+/// A (the `cairn` binary) queues to-device messages for B while B is down, is killed with
+/// SIGKILL and restarted; once B is back, everything queued arrives, in order.
+async fn queued_edus_survive_kill_9_of_the_sender(backend: crate::harness::Backend) {
+    let mut fed = Federation::start(&["b.test"], &[]).await;
+    let b = fed.client(0);
+    let bob = b.register("bob", "pw").await;
+    fed.stop_server(0).await;
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "[federation]\nverify_tls = false\nbackoff_min_ms = 100\nbackoff_max_ms = 500\n\
+             [federation.static_routes]\n\"b.test\" = \"{}\"\n",
+            fed.addrs[0].1
+        ),
+    )
+    .unwrap();
+    let path = config.path().display().to_string();
+    let mut a = crate::harness::TestServer::start_with(
+        backend,
+        &["--open-registration", "--config", &path],
+    )
+    .await;
+    let alice = a.client().register("alice", "pw").await;
+    for n in 1..=3 {
+        let body =
+            json!({ "messages": { bob.user_id.as_str(): { bob.device_id.as_str(): { "n": n } } } });
+        a.client()
+            .put(
+                &format!("/_matrix/client/v3/sendToDevice/m.test/t{n}"),
+                Some(&alice.token),
+                body,
+            )
+            .await
+            .ok();
+    }
+    a.kill_and_restart().await;
+
+    // B learns where A's (new) federation listener is, to fetch its key, and comes back.
+    let a_federation = a.federation.trim_start_matches("https://").to_owned();
+    fed.configs[0]
+        .federation
+        .static_routes
+        .insert("localhost:8448".into(), a_federation);
+    fed.restart_server(0).await;
+    let mut seen: Vec<Value> = Vec::new();
+    let all = sync_until(&fed.client(0), &bob, |sync| {
+        seen.extend(to_device_bodies(sync));
+        (seen.len() >= 3).then(|| seen.clone())
+    })
+    .await;
+    assert_eq!(
+        all,
+        [json!({ "n": 1 }), json!({ "n": 2 }), json!({ "n": 3 })]
     );
     fed.stop().await;
 }

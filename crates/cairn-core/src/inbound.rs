@@ -1,0 +1,86 @@
+//! Inbound federation transactions (`PUT /_matrix/federation/v1/send/{txnId}`).
+//!
+//! A transaction is answered once per origin and transaction ID; a retransmission gets the
+//! stored answer and changes nothing. EDUs are dispatched by type (unknown types are ignored,
+//! as the spec asks); one that fails to apply is logged and does not fail the transaction,
+//! because EDU results are not reported back.
+
+use ruma::ServerName;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Value, json};
+
+use crate::Homeserver;
+use crate::e2ee::to_device::DirectToDevice;
+use crate::error::{Error, ErrorKind, Result};
+
+/// Most PDUs and EDUs one transaction may carry.
+pub const MAX_PDUS: usize = 50;
+/// See [`MAX_PDUS`].
+pub const MAX_EDUS: usize = 100;
+
+/// The body of an inbound transaction.
+#[derive(Debug, Deserialize)]
+pub struct Transaction {
+    /// Room events; rooms do not federate yet, so they are acknowledged and not applied.
+    #[serde(default)]
+    pub pdus: Vec<Box<RawValue>>,
+    /// Ephemeral events.
+    #[serde(default)]
+    pub edus: Vec<Edu>,
+}
+
+/// One EDU.
+#[derive(Debug, Deserialize)]
+pub struct Edu {
+    /// Its type.
+    pub edu_type: String,
+    /// Its content, interpreted by type.
+    #[serde(default)]
+    pub content: Box<RawValue>,
+}
+
+impl Homeserver {
+    /// Applies transaction `txn_id` from `origin` (already authenticated) and returns the
+    /// answer, the same one every time the transaction is retransmitted.
+    pub async fn receive_transaction(
+        &self,
+        origin: &ServerName,
+        txn_id: &str,
+        txn: Transaction,
+    ) -> Result<Value> {
+        if let Some(answer) = self.store().inbound_transaction(origin, txn_id).await? {
+            return serde_json::from_str(&answer)
+                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()));
+        }
+        if txn.pdus.len() > MAX_PDUS || txn.edus.len() > MAX_EDUS {
+            return Err(Error::bad_json(format!(
+                "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
+            )));
+        }
+        if !txn.pdus.is_empty() {
+            tracing::warn!(%origin, count = txn.pdus.len(), "PDUs received; rooms do not federate yet");
+        }
+        for edu in txn.edus {
+            if let Err(err) = self.apply_edu(origin, &edu).await {
+                tracing::warn!(%origin, edu_type = %edu.edu_type, %err, "EDU not applied");
+            }
+        }
+        let answer = json!({ "pdus": {} });
+        self.store()
+            .record_inbound_transaction(origin, txn_id, &answer.to_string())
+            .await?;
+        Ok(answer)
+    }
+
+    async fn apply_edu(&self, origin: &ServerName, edu: &Edu) -> Result<()> {
+        match edu.edu_type.as_str() {
+            "m.direct_to_device" => {
+                let content: DirectToDevice = serde_json::from_str(edu.content.get())
+                    .map_err(|e| Error::bad_json(e.to_string()))?;
+                self.receive_direct_to_device(origin, content).await
+            }
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,211 @@
+//! The outbound sender: delivers the durable queue to each destination as transactions.
+//!
+//! One task watches the queue. It is woken when items are queued or a destination comes back,
+//! and otherwise when the earliest backoff ends. Each destination with items and no backoff gets
+//! a delivery task of its own, so a slow or dead server never delays the others. A delivery
+//! task holds the destination's lease in the store (several processes may share a database),
+//! sends up to 100 EDUs per transaction in queue order, deletes them once the destination has
+//! answered 200, and on failure records the next backoff and stops. The transaction ID names the
+//! exact range of queue positions it carries, so a retry of the same items is recognisably the
+//! same transaction, and different items never reuse an ID.
+
+use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_core::federation::{BackoffPolicy, RemoteError};
+use cairn_core::store::Backoff;
+use cairn_core::{Clock, Store};
+use rand::RngExt;
+use ruma::{OwnedServerName, ServerName};
+use serde_json::value::RawValue;
+
+use crate::FederationClient;
+
+/// Most EDUs in one transaction (the spec's limit).
+const MAX_EDUS: usize = 100;
+/// How long a delivery task's lease lasts; it is renewed before every transaction.
+const LEASE_MS: u64 = 30_000;
+/// How long one transaction may take.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(30);
+/// The queue is looked at at least this often, for items queued by other processes.
+const IDLE_POLL: Duration = Duration::from_secs(30);
+
+/// Starts the sender; it runs until the returned task is aborted. `instance` names this
+/// process on destination leases and must stay the same across its restarts, so that a process
+/// killed while holding leases takes them back at once when it starts again.
+pub fn start(
+    client: FederationClient,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: BackoffPolicy,
+    instance: String,
+) -> tokio::task::JoinHandle<()> {
+    let sender = Arc::new(Sender {
+        client,
+        store,
+        clock,
+        policy,
+        holder: instance,
+        delivering: Mutex::default(),
+    });
+    tokio::spawn(sender.run())
+}
+
+struct Sender {
+    client: FederationClient,
+    store: Arc<dyn Store>,
+    clock: Arc<dyn Clock>,
+    policy: BackoffPolicy,
+    /// This process's name on leases.
+    holder: String,
+    /// Destinations with a delivery task in this process.
+    delivering: Mutex<BTreeSet<OwnedServerName>>,
+}
+
+impl Sender {
+    async fn run(self: Arc<Self>) {
+        if let Err(err) = self.store.forget_stale_leases().await {
+            tracing::error!(%err, "cannot clear stale federation leases");
+        }
+        let wake = self.client.sender_wake();
+        loop {
+            // Registered before looking, so that a wake-up during the look is not lost.
+            let woken = wake.notified();
+            let next = match self.start_due_deliveries().await {
+                Ok(next) => next,
+                Err(err) => {
+                    tracing::error!(%err, "cannot read the federation queue");
+                    Some(IDLE_POLL)
+                }
+            };
+            let _ = tokio::time::timeout(next.unwrap_or(IDLE_POLL).min(IDLE_POLL), woken).await;
+        }
+    }
+
+    /// Starts a delivery task for every destination that is due; returns how long until the
+    /// earliest backoff ends.
+    async fn start_due_deliveries(self: &Arc<Self>) -> Result<Option<Duration>, String> {
+        let now = self.clock.now_ms();
+        let mut next: Option<u64> = None;
+        for (destination, backoff) in self
+            .store
+            .destinations_with_items()
+            .await
+            .map_err(|e| e.to_string())?
+        {
+            if backoff.retry_after_ms > now {
+                let wait = backoff.retry_after_ms - now;
+                next = Some(next.map_or(wait, |n| n.min(wait)));
+                continue;
+            }
+            let fresh = self
+                .delivering
+                .lock()
+                .map(|mut set| set.insert(destination.clone()))
+                .unwrap_or(false);
+            if fresh {
+                let sender = self.clone();
+                tokio::spawn(async move {
+                    sender.deliver(&destination).await;
+                    if let Ok(mut set) = sender.delivering.lock() {
+                        set.remove(&destination);
+                    }
+                    // Look again: more may have been queued meanwhile.
+                    sender.client.sender_wake().notify_one();
+                });
+            }
+        }
+        Ok(next.map(Duration::from_millis))
+    }
+
+    /// Sends everything queued for `destination` until the queue is empty or a send fails.
+    async fn deliver(&self, destination: &ServerName) {
+        loop {
+            let now = self.clock.now_ms();
+            match self
+                .store
+                .lease_destination(destination, &self.holder, now, now + LEASE_MS)
+                .await
+            {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(err) => {
+                    tracing::error!(%err, %destination, "cannot lease the destination");
+                    return;
+                }
+            }
+            let items = match self.store.queued(destination, MAX_EDUS).await {
+                Ok(items) if items.is_empty() => break,
+                Ok(items) => items,
+                Err(err) => {
+                    tracing::error!(%err, %destination, "cannot read the queue");
+                    break;
+                }
+            };
+            let (first, last) = (items[0].seq, items[items.len() - 1].seq);
+            let edus: Vec<&RawValue> = items.iter().map(|i| &*i.edu).collect();
+            let body = serde_json::json!({
+                "origin": self.client.server_name(),
+                "origin_server_ts": now,
+                "pdus": [],
+                "edus": edus,
+            });
+            let path = format!("/_matrix/federation/v1/send/{first}-{last}");
+            let sent = self
+                .client
+                .send(
+                    destination,
+                    reqwest::Method::PUT,
+                    &path,
+                    Some(body),
+                    TRANSACTION_TIMEOUT,
+                )
+                .await;
+            match sent {
+                Ok(_) => {
+                    let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
+                    if let Err(err) = self.store.dequeue(destination, &seqs).await {
+                        tracing::error!(%err, %destination, "cannot dequeue delivered items");
+                        break;
+                    }
+                    self.clear_backoff(destination).await;
+                }
+                Err(err) => {
+                    self.back_off(destination, &err).await;
+                    break;
+                }
+            }
+        }
+        if let Err(err) = self
+            .store
+            .release_destination(destination, &self.holder)
+            .await
+        {
+            tracing::warn!(%err, %destination, "cannot release the destination lease");
+        }
+    }
+
+    async fn back_off(&self, destination: &ServerName, err: &RemoteError) {
+        let previous = self.store.backoff(destination).await.unwrap_or_default();
+        let jitter = rand::rng().random_range(0.8..1.4);
+        let next = self
+            .policy
+            .after_failure(previous, self.clock.now_ms(), jitter);
+        tracing::info!(%destination, %err, retry_in_ms = next.interval_ms, "federation send failed");
+        if let Err(err) = self.store.set_backoff(destination, next).await {
+            tracing::error!(%err, %destination, "cannot record the backoff");
+        }
+    }
+
+    async fn clear_backoff(&self, destination: &ServerName) {
+        if self.store.backoff(destination).await.unwrap_or_default() != Backoff::default()
+            && let Err(err) = self
+                .store
+                .set_backoff(destination, Backoff::default())
+                .await
+        {
+            tracing::error!(%err, %destination, "cannot clear the backoff");
+        }
+    }
+}
