@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_core::federation::{BackoffPolicy, RemoteError};
-use cairn_core::store::Backoff;
+use cairn_core::store::{Backoff, ItemKind, QueuedItem};
 use cairn_core::{Clock, Store};
 use rand::RngExt;
 use ruma::{OwnedServerName, ServerName};
@@ -22,7 +22,9 @@ use serde_json::value::RawValue;
 
 use crate::FederationClient;
 
-/// Most EDUs in one transaction (the spec's limit).
+/// Most PDUs and EDUs in one transaction (the spec's limits).
+const MAX_PDUS: usize = 50;
+/// See [`MAX_PDUS`].
 const MAX_EDUS: usize = 100;
 /// How long a delivery task's lease lasts; it is renewed before every transaction.
 const LEASE_MS: u64 = 30_000;
@@ -135,21 +137,27 @@ impl Sender {
                     return;
                 }
             }
-            let items = match self.store.queued(destination, MAX_EDUS).await {
+            let items = match self.store.queued(destination, MAX_PDUS + MAX_EDUS).await {
                 Ok(items) if items.is_empty() => break,
-                Ok(items) => items,
+                Ok(items) => fill_transaction(items),
                 Err(err) => {
                     tracing::error!(%err, %destination, "cannot read the queue");
                     break;
                 }
             };
             let (first, last) = (items[0].seq, items[items.len() - 1].seq);
-            let edus: Vec<&RawValue> = items.iter().map(|i| &*i.edu).collect();
+            let of = |kind| -> Vec<&RawValue> {
+                items
+                    .iter()
+                    .filter(|i| i.kind == kind)
+                    .map(|i| &*i.json)
+                    .collect()
+            };
             let body = serde_json::json!({
                 "origin": self.client.server_name(),
                 "origin_server_ts": now,
-                "pdus": [],
-                "edus": edus,
+                "pdus": of(ItemKind::Pdu),
+                "edus": of(ItemKind::Edu),
             });
             let path = format!("/_matrix/federation/v1/send/{first}-{last}");
             let sent = self
@@ -207,5 +215,55 @@ impl Sender {
         {
             tracing::error!(%err, %destination, "cannot clear the backoff");
         }
+    }
+}
+
+/// The longest prefix of the queue that fits one transaction: items keep their order, so the
+/// transaction ends before the first item that would exceed either limit.
+fn fill_transaction(items: Vec<QueuedItem>) -> Vec<QueuedItem> {
+    let (mut pdus, mut edus) = (0, 0);
+    let mut taken = Vec::new();
+    for item in items {
+        let count = match item.kind {
+            ItemKind::Pdu => &mut pdus,
+            ItemKind::Edu => &mut edus,
+        };
+        let limit = if item.kind == ItemKind::Pdu {
+            MAX_PDUS
+        } else {
+            MAX_EDUS
+        };
+        if *count == limit {
+            break;
+        }
+        *count += 1;
+        taken.push(item);
+    }
+    taken
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn item(seq: u64, kind: ItemKind) -> QueuedItem {
+        QueuedItem {
+            seq,
+            kind,
+            json: RawValue::from_string("{}".into()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn a_transaction_is_an_in_order_prefix_within_both_limits() {
+        let mut queue: Vec<QueuedItem> = (0..60).map(|n| item(n, ItemKind::Pdu)).collect();
+        queue.insert(3, item(1000, ItemKind::Edu));
+        let taken = fill_transaction(queue);
+        assert_eq!(taken.len(), 51, "50 PDUs and the EDU queued among them");
+        assert_eq!(taken[3].seq, 1000);
+        assert_eq!(taken.last().unwrap().seq, 49);
+
+        let edus: Vec<QueuedItem> = (0..150).map(|n| item(n, ItemKind::Edu)).collect();
+        assert_eq!(fill_transaction(edus).len(), 100);
     }
 }

@@ -9,17 +9,17 @@ use sqlx::Row;
 use crate::{SqlStore, backend_err, from_ms, ms};
 
 /// Queues `items` with `conn`, inside the caller's transaction.
-pub(crate) async fn enqueue(
-    conn: &mut sqlx::AnyConnection,
-    items: &[OutboundEdu],
-) -> StoreResult<()> {
+pub(crate) async fn enqueue(conn: &mut sqlx::AnyConnection, items: &[Outbound]) -> StoreResult<()> {
     for item in items {
-        sqlx::query("INSERT INTO federation_queue (destination, edu_json) VALUES ($1, $2)")
-            .bind(item.destination.as_str())
-            .bind(item.edu.get())
-            .execute(&mut *conn)
-            .await
-            .map_err(backend_err)?;
+        sqlx::query(
+            "INSERT INTO federation_queue (destination, kind, item_json) VALUES ($1, $2, $3)",
+        )
+        .bind(item.destination.as_str())
+        .bind(item.kind.as_str())
+        .bind(item.json.get())
+        .execute(&mut *conn)
+        .await
+        .map_err(backend_err)?;
     }
     Ok(())
 }
@@ -113,7 +113,7 @@ impl FederationStore for SqlStore {
 
     async fn queued(&self, destination: &ServerName, limit: usize) -> StoreResult<Vec<QueuedItem>> {
         let rows = sqlx::query(
-            "SELECT seq, edu_json FROM federation_queue WHERE destination = $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, kind, item_json FROM federation_queue WHERE destination = $1 ORDER BY seq LIMIT $2",
         )
         .bind(destination.as_str())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -122,10 +122,14 @@ impl FederationStore for SqlStore {
         .map_err(backend_err)?;
         rows.iter()
             .map(|row| {
-                let edu: String = row.try_get("edu_json").map_err(backend_err)?;
+                let json: String = row.try_get("item_json").map_err(backend_err)?;
+                let kind: String = row.try_get("kind").map_err(backend_err)?;
                 Ok(QueuedItem {
                     seq: from_ms(row.try_get("seq").map_err(backend_err)?),
-                    edu: RawValue::from_string(edu)
+                    kind: ItemKind::parse(&kind).ok_or_else(|| {
+                        StoreError::Backend(format!("bad queue item kind {kind}"))
+                    })?,
+                    json: RawValue::from_string(json)
                         .map_err(|e| StoreError::Backend(e.to_string()))?,
                 })
             })

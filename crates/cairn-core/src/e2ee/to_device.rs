@@ -9,7 +9,7 @@ use serde_json::value::RawValue;
 use crate::Homeserver;
 use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{OutboundEdu, ToDeviceBatch};
+use crate::store::{ItemKind, Outbound, ToDeviceBatch};
 
 /// The sending "device" of messages from another server: transaction IDs of remote senders are
 /// their `message_id`s, scoped to the sending user and this marker.
@@ -75,9 +75,10 @@ impl Homeserver {
                 "messages": messages,
             });
             let edu = serde_json::json!({ "edu_type": "m.direct_to_device", "content": content });
-            batch.outbound.push(OutboundEdu {
+            batch.outbound.push(Outbound {
                 destination,
-                edu: serde_json::value::to_raw_value(&edu)
+                kind: ItemKind::Edu,
+                json: serde_json::value::to_raw_value(&edu)
                     .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?,
             });
         }

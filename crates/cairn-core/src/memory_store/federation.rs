@@ -11,19 +11,19 @@ use crate::store::*;
 #[derive(Default)]
 pub(super) struct FederationState {
     next_seq: u64,
-    queue: BTreeMap<(OwnedServerName, u64), String>,
+    queue: BTreeMap<(OwnedServerName, u64), (ItemKind, String)>,
     backoff: BTreeMap<OwnedServerName, Backoff>,
     leases: BTreeMap<OwnedServerName, (String, u64)>,
     inbound: BTreeMap<(OwnedServerName, String), String>,
 }
 
 impl FederationState {
-    pub(super) fn enqueue(&mut self, items: &[OutboundEdu]) {
+    pub(super) fn enqueue(&mut self, items: &[Outbound]) {
         for item in items {
             self.next_seq += 1;
             self.queue.insert(
                 (item.destination.clone(), self.next_seq),
-                item.edu.get().to_owned(),
+                (item.kind, item.json.get().to_owned()),
             );
         }
     }
@@ -88,10 +88,11 @@ impl FederationStore for MemoryStore {
             .iter()
             .filter(|((d, _), _)| d == destination)
             .take(limit)
-            .map(|((_, seq), edu)| {
+            .map(|((_, seq), (kind, json))| {
                 Ok(QueuedItem {
                     seq: *seq,
-                    edu: serde_json::value::RawValue::from_string(edu.clone())
+                    kind: *kind,
+                    json: serde_json::value::RawValue::from_string(json.clone())
                         .map_err(|e| StoreError::Backend(e.to_string()))?,
                 })
             })

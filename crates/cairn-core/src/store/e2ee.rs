@@ -99,7 +99,7 @@ pub struct ToDeviceBatch {
     /// One message per recipient device.
     pub messages: Vec<(OwnedUserId, OwnedDeviceId, Box<RawValue>)>,
     /// `m.direct_to_device` EDUs for recipients on other servers, queued with the rest.
-    pub outbound: Vec<super::OutboundEdu>,
+    pub outbound: Vec<super::Outbound>,
 }
 
 /// End-to-end encryption keys.

@@ -7,13 +7,43 @@ use serde_json::value::RawValue;
 
 use super::StoreResult;
 
-/// An EDU for another server, queued in the same transaction as the change that caused it.
+/// What a queued item is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ItemKind {
+    /// A room event, as signed.
+    Pdu,
+    /// An ephemeral event, `{"edu_type", "content"}`.
+    Edu,
+}
+
+impl ItemKind {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ItemKind::Pdu => "pdu",
+            ItemKind::Edu => "edu",
+        }
+    }
+
+    /// Parses the stored name.
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "pdu" => Some(ItemKind::Pdu),
+            "edu" => Some(ItemKind::Edu),
+            _ => None,
+        }
+    }
+}
+
+/// An item for another server, queued in the same transaction as the change that caused it.
 #[derive(Debug, Clone)]
-pub struct OutboundEdu {
+pub struct Outbound {
     /// Where it goes.
     pub destination: OwnedServerName,
-    /// The whole EDU, `{"edu_type", "content"}`.
-    pub edu: Box<RawValue>,
+    /// PDU or EDU.
+    pub kind: ItemKind,
+    /// The item's JSON.
+    pub json: Box<RawValue>,
 }
 
 /// A queued item as read back for sending.
@@ -21,8 +51,10 @@ pub struct OutboundEdu {
 pub struct QueuedItem {
     /// Its place in the queue; items are sent in this order.
     pub seq: u64,
-    /// The EDU (PDUs join when rooms federate).
-    pub edu: Box<RawValue>,
+    /// PDU or EDU.
+    pub kind: ItemKind,
+    /// The item's JSON.
+    pub json: Box<RawValue>,
 }
 
 /// A destination's backoff: no attempt before `retry_after_ms`; the next failure waits

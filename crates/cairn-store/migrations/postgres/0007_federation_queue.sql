@@ -3,7 +3,9 @@
 CREATE TABLE federation_queue (
     seq         BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     destination TEXT NOT NULL,
-    edu_json    TEXT NOT NULL
+    -- 'pdu' or 'edu'.
+    kind        TEXT NOT NULL,
+    item_json   TEXT NOT NULL
 );
 CREATE INDEX federation_queue_by_destination ON federation_queue (destination, seq);
 

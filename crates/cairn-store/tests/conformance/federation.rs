@@ -6,15 +6,16 @@ use serde_json::value::RawValue;
 
 use crate::Harness;
 
-fn edu(destination: &str, n: u32) -> OutboundEdu {
-    OutboundEdu {
+fn edu(destination: &str, n: u32) -> Outbound {
+    Outbound {
         destination: destination.try_into().unwrap(),
-        edu: RawValue::from_string(format!(r#"{{"edu_type":"m.test","content":{{"n":{n}}}}}"#))
+        kind: ItemKind::Edu,
+        json: RawValue::from_string(format!(r#"{{"edu_type":"m.test","content":{{"n":{n}}}}}"#))
             .unwrap(),
     }
 }
 
-fn batch(txn: &str, outbound: Vec<OutboundEdu>) -> ToDeviceBatch {
+fn batch(txn: &str, outbound: Vec<Outbound>) -> ToDeviceBatch {
     ToDeviceBatch {
         sender: "@alice:example.org".try_into().unwrap(),
         sender_device: "D1".into(),
@@ -49,7 +50,8 @@ pub(crate) async fn queued_items_keep_their_order_until_delivered(h: &Harness) {
 
     let store = h.reopen().await;
     let queued = store.queued(a, 10).await.unwrap();
-    let contents: Vec<&str> = queued.iter().map(|q| q.edu.get()).collect();
+    let contents: Vec<&str> = queued.iter().map(|q| q.json.get()).collect();
+    assert!(queued.iter().all(|q| q.kind == ItemKind::Edu));
     assert_eq!(
         contents,
         [
