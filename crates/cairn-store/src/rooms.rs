@@ -172,6 +172,7 @@ impl RoomStore for SqlStore {
             }
         }
         let pos = next_position(&mut tx).await?;
+        crate::federation::enqueue(&mut tx, &event.outbound).await?;
         sqlx::query(
             "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, depth, json) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",

@@ -39,7 +39,7 @@ struct State {
     next_filter: u64,
     signing_key: Option<SigningKeyRecord>,
     remote_keys: BTreeMap<(String, String), RemoteKey>,
-    federation: federation::FederationState,
+    pub(crate) federation: federation::FederationState,
 }
 
 /// The in-memory store.

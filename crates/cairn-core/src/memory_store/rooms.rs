@@ -130,6 +130,7 @@ impl RoomStore for MemoryStore {
             }
         }
         let pos = state.advance(None);
+        state.federation.enqueue(&event.outbound);
         let rooms = &mut state.rooms;
         rooms.events.insert(pos, pdu.clone());
         rooms.by_id.insert(pdu.event_id.clone(), pos);

@@ -10,13 +10,16 @@ pub mod pdu;
 pub mod read;
 pub mod send;
 
+use std::collections::BTreeSet;
+
 use ruma::events::TimelineEventType;
-use ruma::{OwnedEventId, RoomId, RoomVersionId, UserId};
+use ruma::{OwnedEventId, OwnedServerName, RoomId, RoomVersionId, UserId};
+use serde_json::value::RawValue;
 
 use crate::Homeserver;
 use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{AppendOutcome, NewEvent};
+use crate::store::{AppendOutcome, ItemKind, NewEvent, Outbound};
 use pdu::{EventDraft, Pdu, Placement, build_event};
 
 /// How often an append is retried when other events land in the room meanwhile.
@@ -63,15 +66,20 @@ impl Homeserver {
                     depth + 1,
                 )
                 .await?;
+            let outbound = self.outbound_pdu(&pdu).await?;
             let event = NewEvent {
                 pdu,
                 expected_extremities: extremities,
                 txn: txn.map(|(me, id)| (me.user_id.clone(), me.device_id.clone(), id.to_owned())),
                 creates_room: None,
+                outbound,
             };
             match self.store().append_event(&event).await? {
                 AppendOutcome::Appended(_) => {
                     self.notify_room_event(&event.pdu).await?;
+                    if !event.outbound.is_empty() {
+                        self.federation().wake_sender();
+                    }
                     return Ok(event.pdu.event_id);
                 }
                 AppendOutcome::DuplicateTxn(event_id) => return Ok(event_id),
@@ -99,23 +107,15 @@ impl Homeserver {
         let content = pdu::raw(&draft.content);
         let auth_state = match room_id {
             Some(room_id) => {
-                let keys = ruma::state_res::auth_types_for_event(
+                self.auth_state(
+                    room_id,
                     &kind,
                     sender,
                     draft.state_key.as_deref(),
                     &content,
-                    &rules.authorization,
+                    &rules,
                 )
-                .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
-                let mut keys: Vec<(String, String)> =
-                    keys.into_iter().map(|(t, k)| (t.to_string(), k)).collect();
-                // The checks always look at the create event, even where (room version 12) it is
-                // not among the auth events.
-                let create = ("m.room.create".to_owned(), String::new());
-                if !keys.contains(&create) {
-                    keys.push(create);
-                }
-                self.store().state_events(room_id, &keys).await?
+                .await?
             }
             None => Vec::new(),
         };
@@ -138,26 +138,66 @@ impl Homeserver {
             now_ms: self.now_ms(),
         };
         let pdu = build_event(draft, &placement, self.signer().as_ref())?;
-        let forbidden = |reason: String| Error::forbidden(format!("Not allowed: {reason}"));
-        ruma::state_res::check_state_independent_auth_rules(&rules.authorization, &pdu, |id| {
-            auth_state.iter().find(|e| e.event_id == *id).cloned()
-        })
-        .map_err(forbidden)?;
-        ruma::state_res::check_state_dependent_auth_rules(
-            &rules.authorization,
-            &pdu,
-            |kind, key| {
-                auth_state
-                    .iter()
-                    .find(|e| {
-                        e.kind.to_string() == kind.to_string()
-                            && e.state_key.as_deref() == Some(key)
-                    })
-                    .cloned()
-            },
-        )
-        .map_err(forbidden)?;
+        check_auth(&rules, &pdu, &auth_state)?;
         Ok(pdu)
+    }
+
+    /// The current state events that authorise an event of this shape (always with the create
+    /// event, which the checks read even where, in room version 12, it is not an auth event).
+    pub(crate) async fn auth_state(
+        &self,
+        room_id: &RoomId,
+        kind: &TimelineEventType,
+        sender: &UserId,
+        state_key: Option<&str>,
+        content: &RawValue,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<Vec<Pdu>> {
+        let keys = ruma::state_res::auth_types_for_event(
+            kind,
+            sender,
+            state_key,
+            content,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut keys: Vec<(String, String)> =
+            keys.into_iter().map(|(t, k)| (t.to_string(), k)).collect();
+        let create = ("m.room.create".to_owned(), String::new());
+        if !keys.contains(&create) {
+            keys.push(create);
+        }
+        Ok(self.store().state_events(room_id, &keys).await?)
+    }
+
+    /// The PDU queued for every other server with a member joined to the room and, for a
+    /// membership change, the target's server (an invitee's or a leaver's). Read before the
+    /// append: a membership change in between moves the room's extremities, so the append
+    /// fails and this is computed again.
+    pub(crate) async fn outbound_pdu(&self, pdu: &Pdu) -> Result<Vec<Outbound>> {
+        let mut servers: BTreeSet<OwnedServerName> = self
+            .store()
+            .members_with(&pdu.room_id, "join")
+            .await?
+            .iter()
+            .map(|u| u.server_name().to_owned())
+            .collect();
+        if pdu.membership().is_some()
+            && let Some(target) = pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+        {
+            servers.insert(target.server_name().to_owned());
+        }
+        servers.remove(&self.config().server_name);
+        let json = RawValue::from_string(pdu.json.to_string())
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        Ok(servers
+            .into_iter()
+            .map(|destination| Outbound {
+                destination,
+                kind: ItemKind::Pdu,
+                json: json.clone(),
+            })
+            .collect())
     }
 
     /// Wakes everyone a new event concerns: the room's joined members and, for a membership
@@ -173,6 +213,26 @@ impl Homeserver {
         self.notifier().notify(&refs);
         Ok(())
     }
+}
+
+/// Checks `pdu` with the room version's authorisation rules against `auth_state`.
+pub(crate) fn check_auth(
+    rules: &ruma::room_version_rules::RoomVersionRules,
+    pdu: &Pdu,
+    auth_state: &[Pdu],
+) -> Result<()> {
+    let forbidden = |reason: String| Error::forbidden(format!("Not allowed: {reason}"));
+    ruma::state_res::check_state_independent_auth_rules(&rules.authorization, pdu, |id| {
+        auth_state.iter().find(|e| e.event_id == *id).cloned()
+    })
+    .map_err(forbidden)?;
+    ruma::state_res::check_state_dependent_auth_rules(&rules.authorization, pdu, |kind, key| {
+        auth_state
+            .iter()
+            .find(|e| e.kind.to_string() == kind.to_string() && e.state_key.as_deref() == Some(key))
+            .cloned()
+    })
+    .map_err(forbidden)
 }
 
 #[cfg(test)]

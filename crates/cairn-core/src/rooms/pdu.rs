@@ -241,6 +241,14 @@ pub fn build_event(
     signer: &dyn EventSigner,
 ) -> Result<Pdu> {
     let rules = rules(at.version)?;
+    let mut object = unsigned_event(draft, at)?;
+    signer.hash_and_sign(&mut object, &rules)?;
+    from_signed(&object, at.version, at.room_id)
+}
+
+/// A new event without hashes and signatures: what `make_join` hands to a joining server.
+pub fn unsigned_event(draft: &EventDraft, at: &Placement<'_>) -> Result<CanonicalJsonObject> {
+    let rules = rules(at.version)?;
     let is_create = draft.kind == "m.room.create";
     let mut event = json!({
         "type": draft.kind,
@@ -267,29 +275,40 @@ pub fn build_event(
     {
         event["redacts"] = redacts.clone();
     }
-    let mut object = match to_canonical_value(&event) {
-        Ok(CanonicalJsonValue::Object(object)) => object,
-        _ => {
-            return Err(Error::bad_json(
-                "Event content is not canonical JSON (floats or huge integers?)",
-            ));
-        }
-    };
-    signer.hash_and_sign(&mut object, &rules)?;
-    let hash = ruma::signatures::reference_hash(&object, &rules)
-        .map_err(|_| Error::new(ErrorKind::TooLarge, "Event is too large"))?;
-    let json = serde_json::to_string(&object)
+    match to_canonical_value(&event) {
+        Ok(CanonicalJsonValue::Object(object)) => Ok(object),
+        _ => Err(Error::bad_json(
+            "Event content is not canonical JSON (floats or huge integers?)",
+        )),
+    }
+}
+
+/// A signed event as a [`Pdu`]: its ID is its reference hash (room versions 3 and later), and a
+/// room-version-12 create event's hash also names the room. `room_id` is the room for events
+/// that do not carry one. Signatures are not checked here.
+pub fn from_signed(
+    object: &CanonicalJsonObject,
+    version: &RoomVersionId,
+    room_id: Option<&RoomId>,
+) -> Result<Pdu> {
+    let rules = rules(version)?;
+    let hash = ruma::signatures::reference_hash(object, &rules)
+        .map_err(|_| Error::bad_json("Event cannot be hashed"))?;
+    let json = serde_json::to_string(object)
         .map_err(|_| Error::new(ErrorKind::Internal, "unserialisable event"))?;
     if json.len() > MAX_PDU_BYTES {
         return Err(Error::new(ErrorKind::TooLarge, "Event is too large"));
     }
     let event_id = EventId::parse(format!("${hash}"))
         .map_err(|_| Error::new(ErrorKind::Internal, "bad event ID"))?;
-    let room_id: OwnedRoomId = if v12_create {
-        RoomId::parse(format!("!{hash}"))
-            .map_err(|_| Error::new(ErrorKind::Internal, "bad room ID"))?
-    } else {
-        at.room_id.expect("checked above").to_owned()
+    let room_id: OwnedRoomId = match object.get("room_id").and_then(CanonicalJsonValue::as_str) {
+        Some(id) => RoomId::parse(id).map_err(|_| Error::bad_json("Invalid room ID"))?,
+        None => match room_id {
+            Some(room_id) => room_id.to_owned(),
+            // A room-version-12 create event: its hash names the room.
+            None => RoomId::parse(format!("!{hash}"))
+                .map_err(|_| Error::new(ErrorKind::Internal, "bad room ID"))?,
+        },
     };
     Pdu::from_json(event_id, &room_id, &json)
 }

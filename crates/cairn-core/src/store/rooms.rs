@@ -23,6 +23,8 @@ pub struct NewEvent {
     pub txn: Option<(OwnedUserId, ruma::OwnedDeviceId, String)>,
     /// For a create event: the room's version (the room is created in the same transaction).
     pub creates_room: Option<RoomVersionId>,
+    /// The event for other servers in the room, queued in the same transaction.
+    pub outbound: Vec<super::Outbound>,
 }
 
 /// What became of an append.
