@@ -1,5 +1,5 @@
-"""Checks federation between a Synapse and a Cairn, both ways: device-key query and claim, and
-to-device messages. Standard library only. Prints a transcript; exits non-zero on a failure.
+"""Checks federation between a Synapse and a Cairn, both ways: device-key query and claim,
+to-device messages, and a Synapse user joining a room on Cairn with messages both ways. Standard library only. Prints a transcript; exits non-zero on a failure.
 
 Usage: check.py SYNAPSE_CLIENT_URL SYNAPSE_NAME CAIRN_CLIENT_URL CAIRN_NAME
 """
@@ -7,6 +7,7 @@ import json
 import sys
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 
@@ -99,6 +100,44 @@ def to_device(label, sender_base, sender, recv_base, receiver):
     check(f"{label}: to-device delivered", False, "not seen within 30 s")
 
 
+def wait_for_message(label, base, session, room_id, body):
+    since = None
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        path = "/_matrix/client/v3/sync?timeout=2000" + (f"&since={since}" if since else "")
+        answer = ok(base, "GET", path, token=session["access_token"])
+        since = answer["next_batch"]
+        room = answer.get("rooms", {}).get("join", {}).get(room_id, {})
+        for event in room.get("timeline", {}).get("events", []):
+            if event.get("content", {}).get("body") == body:
+                check(label, True)
+                return
+    check(label, False, "not seen within 30 s")
+
+
+def rooms(synapse, alice, cairn, cairn_name, bob):
+    room_id = ok(cairn, "POST", "/_matrix/client/v3/createRoom",
+                 {"preset": "public_chat", "name": "interop"}, bob["access_token"])["room_id"]
+    print(f"room {room_id} created on Cairn")
+    status, answer = call(synapse, "POST",
+                          f"/_matrix/client/v3/join/{urllib.parse.quote(room_id)}"
+                          f"?server_name={urllib.parse.quote(cairn_name)}", {},
+                          alice["access_token"])
+    check("Synapse user joins a room on Cairn", status == 200, answer)
+    members = ok(cairn, "GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/joined_members",
+                 token=bob["access_token"])
+    check("Cairn sees the remote join", alice["user_id"] in members.get("joined", {}), members)
+    for sender_base, sender, recv_base, receiver, label in [
+        (cairn, bob, synapse, alice, "message Cairn to Synapse"),
+        (synapse, alice, cairn, bob, "message Synapse to Cairn"),
+    ]:
+        body = f"{label} {uuid.uuid4().hex[:8]}"
+        ok(sender_base, "PUT",
+           f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/send/m.room.message/{uuid.uuid4().hex}",
+           {"msgtype": "m.text", "body": body}, sender["access_token"])
+        wait_for_message(label, recv_base, receiver, room_id, body)
+
+
 def main():
     synapse, synapse_name, cairn, cairn_name = sys.argv[1:5]
     suffix = uuid.uuid4().hex[:6]
@@ -111,6 +150,7 @@ def main():
     query_and_claim("Synapse asks Cairn", synapse, alice, bob)
     to_device("Cairn to Synapse", cairn, bob, synapse, alice)
     to_device("Synapse to Cairn", synapse, alice, cairn, bob)
+    rooms(synapse, alice, cairn, cairn_name, bob)
     print("all interop checks passed")
 
 

@@ -40,6 +40,7 @@ fn status(kind: &ErrorKind) -> StatusCode {
         | ErrorKind::UnsupportedRoomVersion
         | ErrorKind::RoomInUse
         | ErrorKind::InvalidSignature
+        | ErrorKind::IncompatibleRoomVersion(_)
         | ErrorKind::Unknown => StatusCode::BAD_REQUEST,
         ErrorKind::ServerManagedAccountData => StatusCode::METHOD_NOT_ALLOWED,
         ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
@@ -69,6 +70,9 @@ impl IntoResponse for ApiError {
                 }
                 body
             }
+            ErrorKind::IncompatibleRoomVersion(version) => json!({
+                "errcode": kind.errcode(), "error": message, "room_version": version,
+            }),
             ErrorKind::UnknownToken => {
                 json!({ "errcode": kind.errcode(), "error": message, "soft_logout": false })
             }

@@ -36,6 +36,14 @@ pub(crate) fn router() -> Router<AppState> {
             "/_matrix/federation/v1/user/devices/{user_id}",
             get(user_devices),
         )
+        .route(
+            "/_matrix/federation/v1/make_join/{room_id}/{user_id}",
+            get(make_join),
+        )
+        .route(
+            "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
+            put(send_join),
+        )
 }
 
 async fn server_keys(State(state): State<AppState>) -> Json<Value> {
@@ -133,4 +141,49 @@ async fn send_transaction(
             .receive_transaction(&req.origin, &txn_id, req.body)
             .await?,
     ))
+}
+
+async fn make_join(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams((room_id, user_id)): PathParams<(String, String)>,
+    parts: Parts,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let user_id = user_id_param(&user_id)?;
+    // `ver` repeats, once per supported room version.
+    let versions: Vec<String> = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.strip_prefix("ver="))
+        .map(str::to_owned)
+        .collect();
+    Ok(Json(
+        state
+            .hs
+            .make_join(&origin, &room_id, &user_id, &versions)
+            .await?,
+    ))
+}
+
+async fn send_join(
+    State(state): State<AppState>,
+    PathParams((room_id, event_id)): PathParams<(String, String)>,
+    req: SignedJson<ruma::CanonicalJsonObject>,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let event_id = ruma::EventId::parse(&event_id)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
+    Ok(Json(
+        state
+            .hs
+            .send_join(&req.origin, &room_id, &event_id, req.body)
+            .await?,
+    ))
+}
+
+fn room_id_param(raw: &str) -> Result<ruma::OwnedRoomId, ApiError> {
+    ruma::RoomId::parse(raw).map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid room ID"))
 }

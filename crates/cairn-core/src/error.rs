@@ -19,6 +19,8 @@ pub enum ErrorKind {
     MissingToken,
     /// `M_UNAUTHORIZED`: a federation request without a valid X-Matrix signature.
     Unauthorized,
+    /// `M_INCOMPATIBLE_ROOM_VERSION`: the other server does not support this room's version.
+    IncompatibleRoomVersion(String),
     /// `M_BAD_JSON`: the body is JSON but not of the right shape.
     BadJson,
     /// `M_NOT_JSON`
@@ -62,6 +64,7 @@ impl ErrorKind {
             Self::UnknownToken => "M_UNKNOWN_TOKEN",
             Self::MissingToken => "M_MISSING_TOKEN",
             Self::Unauthorized => "M_UNAUTHORIZED",
+            Self::IncompatibleRoomVersion(_) => "M_INCOMPATIBLE_ROOM_VERSION",
             Self::BadJson | Self::ServerManagedAccountData => "M_BAD_JSON",
             Self::NotJson => "M_NOT_JSON",
             Self::InvalidParam => "M_INVALID_PARAM",

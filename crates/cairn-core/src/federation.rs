@@ -62,6 +62,14 @@ pub trait Federation: Send + Sync {
 
     /// Items were queued for other servers: the sender should look at the queue now.
     fn wake_sender(&self);
+
+    /// Checks the signatures and content hash of an event from another server, fetching the
+    /// signing servers' keys as needed.
+    async fn verify_event(
+        &self,
+        event: &ruma::CanonicalJsonObject,
+        version: &ruma::RoomVersionId,
+    ) -> Result<(), RemoteError>;
 }
 
 /// For a homeserver that does not federate (and for tests that need no other server): every
@@ -89,6 +97,14 @@ impl Federation for NoFederation {
     }
 
     fn wake_sender(&self) {}
+
+    async fn verify_event(
+        &self,
+        _: &ruma::CanonicalJsonObject,
+        _: &ruma::RoomVersionId,
+    ) -> Result<(), RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 }
 
 /// When to try a destination again after failed attempts. The default is Synapse's schedule:

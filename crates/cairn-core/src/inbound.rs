@@ -22,7 +22,7 @@ pub const MAX_EDUS: usize = 100;
 /// The body of an inbound transaction.
 #[derive(Debug, Deserialize)]
 pub struct Transaction {
-    /// Room events; rooms do not federate yet, so they are acknowledged and not applied.
+    /// Room events, applied in order (one may be the parent of the next).
     #[serde(default)]
     pub pdus: Vec<Box<RawValue>>,
     /// Ephemeral events.
@@ -58,15 +58,30 @@ impl Homeserver {
                 "A transaction carries at most {MAX_PDUS} PDUs and {MAX_EDUS} EDUs"
             )));
         }
-        if !txn.pdus.is_empty() {
-            tracing::warn!(%origin, count = txn.pdus.len(), "PDUs received; rooms do not federate yet");
+        let mut pdus = serde_json::Map::new();
+        for raw in &txn.pdus {
+            let Ok(event) = serde_json::from_str::<ruma::CanonicalJsonObject>(raw.get()) else {
+                tracing::warn!(%origin, "PDU that is not canonical JSON dropped");
+                continue;
+            };
+            let (event_id, outcome) = self.receive_pdu(&event).await;
+            let result = match &outcome {
+                Ok(()) => json!({}),
+                Err(err) => {
+                    tracing::info!(%origin, ?event_id, %err, "PDU refused");
+                    json!({ "error": err.to_string() })
+                }
+            };
+            if let Some(event_id) = event_id {
+                pdus.insert(event_id.to_string(), result);
+            }
         }
         for edu in txn.edus {
             if let Err(err) = self.apply_edu(origin, &edu).await {
                 tracing::warn!(%origin, edu_type = %edu.edu_type, %err, "EDU not applied");
             }
         }
-        let answer = json!({ "pdus": {} });
+        let answer = json!({ "pdus": pdus });
         self.store()
             .record_inbound_transaction(origin, txn_id, &answer.to_string())
             .await?;

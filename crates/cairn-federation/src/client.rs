@@ -13,8 +13,7 @@ use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
-use cairn_core::federation::{Federation, RemoteError};
+use cairn_core::federation::RemoteError;
 use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName};
 use serde_json::Value;
 
@@ -220,47 +219,6 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[async_trait]
-impl Federation for FederationClient {
-    async fn query_keys(
-        &self,
-        destination: &ServerName,
-        body: Value,
-        timeout: Duration,
-    ) -> Result<Value, RemoteError> {
-        let path = "/_matrix/federation/v1/user/keys/query";
-        self.send(
-            destination,
-            reqwest::Method::POST,
-            path,
-            Some(body),
-            timeout,
-        )
-        .await
-    }
-
-    async fn claim_keys(
-        &self,
-        destination: &ServerName,
-        body: Value,
-        timeout: Duration,
-    ) -> Result<Value, RemoteError> {
-        let path = "/_matrix/federation/v1/user/keys/claim";
-        self.send(
-            destination,
-            reqwest::Method::POST,
-            path,
-            Some(body),
-            timeout,
-        )
-        .await
-    }
-
-    fn wake_sender(&self) {
-        self.sender_wake.notify_one();
-    }
 }
 
 #[cfg(test)]

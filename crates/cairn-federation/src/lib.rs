@@ -10,9 +10,11 @@ pub mod identity;
 pub mod sender;
 pub mod server_keys;
 pub mod tls;
+pub mod transport;
 pub mod xmatrix;
 
 pub use client::{ClientSettings, FederationClient};
 pub use identity::ServerIdentity;
 pub use server_keys::KeyRing;
+pub use transport::Transport;
 pub use xmatrix::{XMatrix, XMatrixError};

@@ -6,8 +6,8 @@
 //! task holds the destination's lease in the store (several processes may share a database),
 //! sends up to 100 EDUs per transaction in queue order, deletes them once the destination has
 //! answered 200, and on failure records the next backoff and stops. The transaction ID names the
-//! exact range of queue positions it carries, so a retry of the same items is recognisably the
-//! same transaction, and different items never reuse an ID.
+//! exact range of queue positions it carries and when the first was queued, so a retry of the
+//! same items is recognisably the same transaction, and different items never reuse an ID.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
@@ -159,7 +159,12 @@ impl Sender {
                 "pdus": of(ItemKind::Pdu),
                 "edus": of(ItemKind::Edu),
             });
-            let path = format!("/_matrix/federation/v1/send/{first}-{last}");
+            // Stable across retries of these items; never reused, even by a database started
+            // afresh under the same server name (receivers remember transaction IDs).
+            let path = format!(
+                "/_matrix/federation/v1/send/{}-{first}-{last}",
+                items[0].queued_ms
+            );
             let sent = self
                 .client
                 .send(
@@ -250,6 +255,7 @@ mod tests {
         QueuedItem {
             seq,
             kind,
+            queued_ms: 0,
             json: RawValue::from_string("{}".into()).unwrap(),
         }
     }

@@ -12,11 +12,13 @@ use crate::{SqlStore, backend_err, from_ms, ms};
 pub(crate) async fn enqueue(conn: &mut sqlx::AnyConnection, items: &[Outbound]) -> StoreResult<()> {
     for item in items {
         sqlx::query(
-            "INSERT INTO federation_queue (destination, kind, item_json) VALUES ($1, $2, $3)",
+            "INSERT INTO federation_queue (destination, kind, item_json, queued_ms) \
+             VALUES ($1, $2, $3, $4)",
         )
         .bind(item.destination.as_str())
         .bind(item.kind.as_str())
         .bind(item.json.get())
+        .bind(ms(cairn_core::Clock::now_ms(&cairn_core::clock::SystemClock)))
         .execute(&mut *conn)
         .await
         .map_err(backend_err)?;
@@ -113,7 +115,7 @@ impl FederationStore for SqlStore {
 
     async fn queued(&self, destination: &ServerName, limit: usize) -> StoreResult<Vec<QueuedItem>> {
         let rows = sqlx::query(
-            "SELECT seq, kind, item_json FROM federation_queue WHERE destination = $1 ORDER BY seq LIMIT $2",
+            "SELECT seq, kind, item_json, queued_ms FROM federation_queue WHERE destination = $1 ORDER BY seq LIMIT $2",
         )
         .bind(destination.as_str())
         .bind(i64::try_from(limit).unwrap_or(i64::MAX))
@@ -126,6 +128,7 @@ impl FederationStore for SqlStore {
                 let kind: String = row.try_get("kind").map_err(backend_err)?;
                 Ok(QueuedItem {
                     seq: from_ms(row.try_get("seq").map_err(backend_err)?),
+                    queued_ms: from_ms(row.try_get("queued_ms").map_err(backend_err)?),
                     kind: ItemKind::parse(&kind).ok_or_else(|| {
                         StoreError::Backend(format!("bad queue item kind {kind}"))
                     })?,

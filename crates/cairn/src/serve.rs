@@ -84,7 +84,10 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
         clock,
         notifier: Arc::new(LocalNotifier::new()),
         signer: Arc::new(identity.clone()),
-        federation: Arc::new(client.clone()),
+        federation: Arc::new(cairn_federation::Transport {
+            client: client.clone(),
+            keys: key_ring.clone(),
+        }),
     };
     Ok(Built {
         hs: Homeserver::new(core, services),

@@ -223,6 +223,14 @@ mod tests {
         }
 
         fn wake_sender(&self) {}
+
+        async fn verify_event(
+            &self,
+            _: &ruma::CanonicalJsonObject,
+            _: &ruma::RoomVersionId,
+        ) -> Result<(), RemoteError> {
+            Ok(())
+        }
     }
 
     fn keys_of(user: &str, device: &str) -> Value {

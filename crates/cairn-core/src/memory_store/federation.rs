@@ -6,12 +6,13 @@ use async_trait::async_trait;
 use ruma::{OwnedServerName, ServerName};
 
 use super::MemoryStore;
+use crate::Clock;
 use crate::store::*;
 
 #[derive(Default)]
 pub(super) struct FederationState {
     next_seq: u64,
-    queue: BTreeMap<(OwnedServerName, u64), (ItemKind, String)>,
+    queue: BTreeMap<(OwnedServerName, u64), (ItemKind, String, u64)>,
     backoff: BTreeMap<OwnedServerName, Backoff>,
     leases: BTreeMap<OwnedServerName, (String, u64)>,
     inbound: BTreeMap<(OwnedServerName, String), String>,
@@ -23,7 +24,11 @@ impl FederationState {
             self.next_seq += 1;
             self.queue.insert(
                 (item.destination.clone(), self.next_seq),
-                (item.kind, item.json.get().to_owned()),
+                (
+                    item.kind,
+                    item.json.get().to_owned(),
+                    crate::clock::SystemClock.now_ms(),
+                ),
             );
         }
     }
@@ -88,10 +93,11 @@ impl FederationStore for MemoryStore {
             .iter()
             .filter(|((d, _), _)| d == destination)
             .take(limit)
-            .map(|((_, seq), (kind, json))| {
+            .map(|((_, seq), (kind, json, queued_ms))| {
                 Ok(QueuedItem {
                     seq: *seq,
                     kind: *kind,
+                    queued_ms: *queued_ms,
                     json: serde_json::value::RawValue::from_string(json.clone())
                         .map_err(|e| StoreError::Backend(e.to_string()))?,
                 })

@@ -8,6 +8,7 @@ pub mod create;
 pub mod membership;
 pub mod pdu;
 pub mod read;
+pub mod remote;
 pub mod send;
 
 use std::collections::BTreeSet;

@@ -55,6 +55,9 @@ pub struct QueuedItem {
     pub kind: ItemKind,
     /// The item's JSON.
     pub json: Box<RawValue>,
+    /// When it was queued. With the queue positions it makes transaction IDs that a database
+    /// started afresh under the same server name never repeats.
+    pub queued_ms: u64,
 }
 
 /// A destination's backoff: no attempt before `retry_after_ms`; the next failure waits

@@ -5,7 +5,8 @@ CREATE TABLE federation_queue (
     destination TEXT NOT NULL,
     -- 'pdu' or 'edu'.
     kind        TEXT NOT NULL,
-    item_json   TEXT NOT NULL
+    item_json   TEXT NOT NULL,
+    queued_ms   BIGINT NOT NULL
 );
 CREATE INDEX federation_queue_by_destination ON federation_queue (destination, seq);
 

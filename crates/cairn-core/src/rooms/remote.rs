@@ -1,0 +1,277 @@
+//! Rooms over federation, the resident side: other servers' users joining our rooms
+//! (`make_join`, `send_join`) and room events arriving in transactions.
+//!
+//! Every event from another server is checked before it is stored: it must be signed by the
+//! servers its room version requires with their published keys, its content hash must match,
+//! its ID is recomputed from its content, its parents must be known here, and it must pass the
+//! room version's authorisation rules against the room's current state. Events whose parents are
+//! unknown are refused for now (fetching missing events is not built yet).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use ruma::events::TimelineEventType;
+use ruma::{
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName,
+    UserId,
+};
+use serde_json::{Value, json};
+
+use super::pdu::{self, EventDraft, Pdu, Placement};
+use super::{APPEND_ATTEMPTS, check_auth};
+use crate::Homeserver;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::{AppendOutcome, NewEvent};
+
+impl Homeserver {
+    /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: a join event for `user_id` to
+    /// sign, if `origin` may speak for that user, supports the room's version, and the join
+    /// would be allowed now.
+    pub async fn make_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        supported_versions: &[String],
+    ) -> Result<Value> {
+        if user_id.server_name() != origin {
+            return Err(Error::forbidden(
+                "The user does not belong to the requesting server",
+            ));
+        }
+        let version = self.resident_room_version(room_id).await?;
+        // Without `ver`, a server supports only version 1 (the spec's default).
+        if !supported_versions.iter().any(|v| v == version.as_str()) {
+            return Err(Error::new(
+                ErrorKind::IncompatibleRoomVersion(version.to_string()),
+                format!("Your server does not support room version {version}"),
+            ));
+        }
+        let rules = pdu::rules(&version)?;
+        let draft = EventDraft::state(
+            "m.room.member",
+            user_id.as_str(),
+            json!({ "membership": "join" }),
+        );
+        let (extremities, depth) = self.store().forward_extremities(room_id).await?;
+        let kind = TimelineEventType::RoomMember;
+        let content = pdu::raw(&draft.content);
+        let auth_state = self
+            .auth_state(
+                room_id,
+                &kind,
+                user_id,
+                Some(user_id.as_str()),
+                &content,
+                &rules,
+            )
+            .await?;
+        let mut auth_ids: Vec<OwnedEventId> = auth_state
+            .iter()
+            .filter(|e| {
+                rules.event_format.allow_room_create_in_auth_events
+                    || e.kind != TimelineEventType::RoomCreate
+            })
+            .map(|e| e.event_id.clone())
+            .collect();
+        auth_ids.sort();
+        let placement = Placement {
+            room_id: Some(room_id),
+            version: &version,
+            sender: user_id,
+            prev_events: &extremities,
+            depth: depth + 1,
+            auth_events: &auth_ids,
+            now_ms: self.now_ms(),
+        };
+        let template = pdu::unsigned_event(&draft, &placement)?;
+        // Would the join be allowed? Check the unsigned event as it stands.
+        let as_pdu = pdu::from_signed(&template, &version, Some(room_id))?;
+        check_auth(&rules, &as_pdu, &auth_state)?;
+        Ok(json!({ "room_version": version, "event": template }))
+    }
+
+    /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`: accepts `origin`'s signed
+    /// join, appends it, sends it to the room's other servers, and answers with the room's
+    /// state before the join and its authorisation chain.
+    pub async fn send_join(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        event: CanonicalJsonObject,
+    ) -> Result<Value> {
+        let version = self.resident_room_version(room_id).await?;
+        let pdu = self.verified_pdu(&event, &version, room_id).await?;
+        if pdu.event_id != event_id {
+            return Err(Error::bad_json("The event ID does not match the event"));
+        }
+        let is_join = pdu.kind == TimelineEventType::RoomMember
+            && pdu.membership().as_deref() == Some("join")
+            && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
+        if !is_join || pdu.sender.server_name() != origin {
+            return Err(Error::bad_json(
+                "Not a join of a user of the sending server",
+            ));
+        }
+        let state: Vec<Pdu> = self
+            .store()
+            .current_state(room_id)
+            .await?
+            .into_iter()
+            .map(|e| e.pdu)
+            .collect();
+        self.append_remote(&pdu, &version, Some(origin)).await?;
+        let auth_chain = self.auth_chain(state.iter().chain([&pdu])).await?;
+        let as_json = |p: &Pdu| serde_json::from_str::<Value>(&p.json).unwrap_or(Value::Null);
+        Ok(json!({
+            "origin": self.config().server_name,
+            "members_omitted": false,
+            "state": state.iter().map(as_json).collect::<Vec<_>>(),
+            "auth_chain": auth_chain.iter().map(as_json).collect::<Vec<_>>(),
+            "event": as_json(&pdu),
+        }))
+    }
+
+    /// A PDU from a transaction: checked and appended. Returns its event ID (if it could be
+    /// computed) and the outcome.
+    pub(crate) async fn receive_pdu(
+        &self,
+        event: &CanonicalJsonObject,
+    ) -> (Option<OwnedEventId>, Result<()>) {
+        let room_id = match event
+            .get("room_id")
+            .and_then(CanonicalJsonValue::as_str)
+            .and_then(|id| RoomId::parse(id).ok())
+        {
+            Some(room_id) => room_id,
+            None => return (None, Err(Error::bad_json("PDU without a room"))),
+        };
+        let version = match self.store().room_version(&room_id).await {
+            Ok(Some(version)) => version,
+            Ok(None) => return (None, Err(Error::not_found("Unknown room"))),
+            Err(err) => return (None, Err(err.into())),
+        };
+        let event_id = pdu::from_signed(event, &version, Some(&room_id))
+            .ok()
+            .map(|p| p.event_id);
+        let outcome = async {
+            let pdu = self.verified_pdu(event, &version, &room_id).await?;
+            if self.store().event(&pdu.event_id).await?.is_none() {
+                self.append_remote(&pdu, &version, None).await?;
+            }
+            Ok(())
+        }
+        .await;
+        (event_id, outcome)
+    }
+
+    /// The version of a room this server is in (has a local member joined to).
+    async fn resident_room_version(&self, room_id: &RoomId) -> Result<RoomVersionId> {
+        let version = self.store().room_version(room_id).await?;
+        let local_member = self
+            .store()
+            .members_with(room_id, "join")
+            .await?
+            .iter()
+            .any(|u| self.is_local(u));
+        match version {
+            Some(version) if local_member => Ok(version),
+            _ => Err(Error::not_found("This server is not in that room")),
+        }
+    }
+
+    /// Signatures and hash checked by the transport, the ID recomputed, the parents known.
+    async fn verified_pdu(
+        &self,
+        event: &CanonicalJsonObject,
+        version: &RoomVersionId,
+        room_id: &RoomId,
+    ) -> Result<Pdu> {
+        self.federation()
+            .verify_event(event, version)
+            .await
+            .map_err(|e| Error::forbidden(format!("Event refused: {e}")))?;
+        let pdu = pdu::from_signed(event, version, Some(room_id))?;
+        if pdu.room_id != room_id {
+            return Err(Error::bad_json("The event is for another room"));
+        }
+        for prev in &pdu.prev_events {
+            if self.store().event(prev).await?.is_none() {
+                return Err(Error::bad_json(format!("Unknown previous event {prev}")));
+            }
+        }
+        Ok(pdu)
+    }
+
+    /// Checks a verified remote event against the current state and appends it; a join handled
+    /// here as the resident server is also sent to the room's other servers (not `origin`).
+    async fn append_remote(
+        &self,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+        forward_except: Option<&ServerName>,
+    ) -> Result<()> {
+        let rules = pdu::rules(version)?;
+        for _ in 0..APPEND_ATTEMPTS {
+            let (extremities, _) = self.store().forward_extremities(&pdu.room_id).await?;
+            let auth_state = self
+                .auth_state(
+                    &pdu.room_id,
+                    &pdu.kind,
+                    &pdu.sender,
+                    pdu.state_key.as_deref(),
+                    &pdu.content,
+                    &rules,
+                )
+                .await?;
+            check_auth(&rules, pdu, &auth_state)?;
+            let outbound = match forward_except {
+                Some(origin) => {
+                    let mut out = self.outbound_pdu(pdu).await?;
+                    out.retain(|o| o.destination != origin);
+                    out
+                }
+                None => Vec::new(),
+            };
+            let event = NewEvent {
+                pdu: pdu.clone(),
+                expected_extremities: extremities,
+                txn: None,
+                creates_room: None,
+                outbound,
+            };
+            match self.store().append_event(&event).await? {
+                AppendOutcome::Appended(_) => {
+                    self.notify_room_event(pdu).await?;
+                    if !event.outbound.is_empty() {
+                        self.federation().wake_sender();
+                    }
+                    return Ok(());
+                }
+                AppendOutcome::ExtremitiesMoved => continue,
+                AppendOutcome::DuplicateTxn(_) => return Ok(()),
+            }
+        }
+        Err(Error::new(
+            ErrorKind::Unknown,
+            "The room is too busy; try again",
+        ))
+    }
+
+    /// Every event reachable through `auth_events` from `events`, oldest first by depth.
+    async fn auth_chain(&self, events: impl Iterator<Item = &Pdu>) -> Result<Vec<Pdu>> {
+        let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
+        let mut todo: Vec<OwnedEventId> = events.flat_map(|e| e.auth_events.clone()).collect();
+        let mut chain: BTreeMap<(u64, OwnedEventId), Pdu> = BTreeMap::new();
+        while let Some(id) = todo.pop() {
+            if !seen.insert(id.clone()) {
+                continue;
+            }
+            if let Some(event) = self.store().event(&id).await? {
+                todo.extend(event.pdu.auth_events.iter().cloned());
+                chain.insert((event.pdu.depth, id), event.pdu);
+            }
+        }
+        Ok(chain.into_values().collect())
+    }
+}
