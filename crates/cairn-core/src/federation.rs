@@ -60,6 +60,24 @@ pub trait Federation: Send + Sync {
         timeout: Duration,
     ) -> Result<Value, RemoteError>;
 
+    /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=...`.
+    async fn make_join(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        user_id: &ruma::UserId,
+        versions: &[&str],
+    ) -> Result<Value, RemoteError>;
+
+    /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
+    async fn send_join(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        event: Value,
+    ) -> Result<Value, RemoteError>;
+
     /// Items were queued for other servers: the sender should look at the queue now.
     fn wake_sender(&self);
 
@@ -92,6 +110,26 @@ impl Federation for NoFederation {
         _: &ServerName,
         _: Value,
         _: Duration,
+    ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn make_join(
+        &self,
+        _: &ServerName,
+        _: &ruma::RoomId,
+        _: &ruma::UserId,
+        _: &[&str],
+    ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn send_join(
+        &self,
+        _: &ServerName,
+        _: &ruma::RoomId,
+        _: &ruma::EventId,
+        _: Value,
     ) -> Result<Value, RemoteError> {
         Err(RemoteError::Unreachable("federation is disabled".into()))
     }

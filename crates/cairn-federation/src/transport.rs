@@ -10,6 +10,22 @@ use serde_json::Value;
 
 use crate::{FederationClient, KeyRing};
 
+/// How long a join's requests may take (a large room's state is a big answer).
+const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Percent-encodes a path segment (IDs hold `!`, `$`, `@`, `:`).
+fn encode(segment: &str) -> String {
+    segment
+        .bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
 /// The federation transport behind `cairn_core::federation::Federation`. Cheap to clone.
 #[derive(Clone)]
 pub struct Transport {
@@ -53,6 +69,50 @@ impl Federation for Transport {
                 path,
                 Some(body),
                 timeout,
+            )
+            .await
+    }
+
+    async fn make_join(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        user_id: &ruma::UserId,
+        versions: &[&str],
+    ) -> Result<Value, RemoteError> {
+        let mut path = format!(
+            "/_matrix/federation/v1/make_join/{}/{}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str())
+        );
+        for (i, version) in versions.iter().enumerate() {
+            path.push(if i == 0 { '?' } else { '&' });
+            path.push_str(&format!("ver={}", encode(version)));
+        }
+        self.client
+            .send(destination, reqwest::Method::GET, &path, None, JOIN_TIMEOUT)
+            .await
+    }
+
+    async fn send_join(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        event: Value,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v2/send_join/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::PUT,
+                &path,
+                Some(event),
+                JOIN_TIMEOUT,
             )
             .await
     }

@@ -18,7 +18,9 @@ pub(crate) async fn enqueue(conn: &mut sqlx::AnyConnection, items: &[Outbound]) 
         .bind(item.destination.as_str())
         .bind(item.kind.as_str())
         .bind(item.json.get())
-        .bind(ms(cairn_core::Clock::now_ms(&cairn_core::clock::SystemClock)))
+        .bind(ms(cairn_core::Clock::now_ms(
+            &cairn_core::clock::SystemClock,
+        )))
         .execute(&mut *conn)
         .await
         .map_err(backend_err)?;

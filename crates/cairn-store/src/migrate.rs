@@ -45,6 +45,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0007_federation_queue.sql"),
         include_str!("../migrations/postgres/0007_federation_queue.sql"),
     ),
+    (
+        8,
+        include_str!("../migrations/common/0008_outliers.sql"),
+        include_str!("../migrations/common/0008_outliers.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -173,46 +173,8 @@ impl RoomStore for SqlStore {
         }
         let pos = next_position(&mut tx).await?;
         crate::federation::enqueue(&mut tx, &event.outbound).await?;
-        sqlx::query(
-            "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, depth, json) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        )
-        .bind(ms(pos))
-        .bind(pdu.event_id.as_str())
-        .bind(room)
-        .bind(pdu.kind_str())
-        .bind(pdu.state_key.as_deref())
-        .bind(ms(pdu.depth))
-        .bind(&*pdu.json)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend_err)?;
-        if let Some(state_key) = &pdu.state_key {
-            sqlx::query(
-                "INSERT INTO current_state (room_id, event_type, state_key, stream_pos) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET stream_pos = excluded.stream_pos",
-            )
-            .bind(room)
-            .bind(pdu.kind_str())
-            .bind(state_key)
-            .bind(ms(pos))
-            .execute(&mut *tx)
-            .await
-            .map_err(backend_err)?;
-            if let Some(membership) = pdu.membership() {
-                sqlx::query(
-                    "INSERT INTO memberships (room_id, user_id, membership, stream_pos) VALUES ($1, $2, $3, $4) \
-                     ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, stream_pos = excluded.stream_pos",
-                )
-                .bind(room)
-                .bind(state_key)
-                .bind(membership)
-                .bind(ms(pos))
-                .execute(&mut *tx)
-                .await
-                .map_err(backend_err)?;
-            }
-        }
+        insert_event(&mut tx, pdu, pos, false).await?;
+        make_current(&mut tx, pdu, pos).await?;
         for prev in &pdu.prev_events {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(room)
@@ -239,6 +201,64 @@ impl RoomStore for SqlStore {
         }
         tx.commit().await.map_err(backend_err)?;
         Ok(AppendOutcome::Appended(pos))
+    }
+
+    async fn import_room(
+        &self,
+        version: &RoomVersionId,
+        state: &[Pdu],
+        auth_chain: &[Pdu],
+        join: &NewEvent,
+    ) -> StoreResult<u64> {
+        let room = join.pdu.room_id.as_str();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) \
+             ON CONFLICT (room_id) DO UPDATE SET room_version = excluded.room_version",
+        )
+        .bind(room)
+        .bind(version.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+        let state_ids: std::collections::BTreeSet<&EventId> =
+            state.iter().map(|p| &*p.event_id).collect();
+        for pdu in auth_chain.iter().chain(state) {
+            let known: Option<i64> =
+                sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
+                    .bind(pdu.event_id.as_str())
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(backend_err)?;
+            let pos = match known {
+                Some(pos) => from_ms(pos),
+                None => {
+                    let pos = next_position(&mut tx).await?;
+                    insert_event(&mut tx, pdu, pos, true).await?;
+                    pos
+                }
+            };
+            if state_ids.contains(&*pdu.event_id) {
+                make_current(&mut tx, pdu, pos).await?;
+            }
+        }
+        sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1")
+            .bind(room)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        let pos = next_position(&mut tx).await?;
+        crate::federation::enqueue(&mut tx, &join.outbound).await?;
+        insert_event(&mut tx, &join.pdu, pos, false).await?;
+        make_current(&mut tx, &join.pdu, pos).await?;
+        sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
+            .bind(room)
+            .bind(join.pdu.event_id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+        tx.commit().await.map_err(backend_err)?;
+        Ok(pos)
     }
 
     async fn event(&self, event_id: &EventId) -> StoreResult<Option<StreamEvent>> {
@@ -335,7 +355,7 @@ impl RoomStore for SqlStore {
         limit: usize,
     ) -> StoreResult<(Vec<StreamEvent>, bool)> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 \
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.outlier = 0 AND e.stream_pos > $2 AND e.stream_pos <= $3 \
              ORDER BY e.stream_pos DESC LIMIT $4"
         )))
         .bind(room_id.as_str())
@@ -363,7 +383,7 @@ impl RoomStore for SqlStore {
         limit: usize,
     ) -> StoreResult<Vec<StreamEvent>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos > $2 AND e.stream_pos <= $3 \
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.outlier = 0 AND e.stream_pos > $2 AND e.stream_pos <= $3 \
              ORDER BY e.stream_pos LIMIT $4"
         )))
         .bind(room_id.as_str())
@@ -383,7 +403,7 @@ impl RoomStore for SqlStore {
         limit: usize,
     ) -> StoreResult<Vec<StreamEvent>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.stream_pos < $2 \
+            "SELECT {EVENT_COLUMNS} FROM events e WHERE e.room_id = $1 AND e.outlier = 0 AND e.stream_pos < $2 \
              ORDER BY e.stream_pos DESC LIMIT $3"
         )))
         .bind(room_id.as_str())
@@ -493,4 +513,63 @@ impl RoomStore for SqlStore {
             .map_err(backend_err)?;
         Ok(done.rows_affected() > 0)
     }
+}
+
+/// Stores an event at `pos`; an outlier is kept out of timelines.
+async fn insert_event(
+    tx: &mut sqlx::AnyConnection,
+    pdu: &Pdu,
+    pos: u64,
+    outlier: bool,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO events (stream_pos, event_id, room_id, event_type, state_key, depth, json, outlier) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(ms(pos))
+    .bind(pdu.event_id.as_str())
+    .bind(pdu.room_id.as_str())
+    .bind(pdu.kind_str())
+    .bind(pdu.state_key.as_deref())
+    .bind(ms(pdu.depth))
+    .bind(&*pdu.json)
+    .bind(i64::from(outlier))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_err)?;
+    Ok(())
+}
+
+/// Makes a state event (stored at `pos`) the room's current state for its type and key, and
+/// mirrors memberships.
+async fn make_current(tx: &mut sqlx::AnyConnection, pdu: &Pdu, pos: u64) -> StoreResult<()> {
+    let Some(state_key) = &pdu.state_key else {
+        return Ok(());
+    };
+    let room = pdu.room_id.as_str();
+    sqlx::query(
+        "INSERT INTO current_state (room_id, event_type, state_key, stream_pos) VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (room_id, event_type, state_key) DO UPDATE SET stream_pos = excluded.stream_pos",
+    )
+    .bind(room)
+    .bind(pdu.kind_str())
+    .bind(state_key)
+    .bind(ms(pos))
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_err)?;
+    if let Some(membership) = pdu.membership() {
+        sqlx::query(
+            "INSERT INTO memberships (room_id, user_id, membership, stream_pos) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, stream_pos = excluded.stream_pos",
+        )
+        .bind(room)
+        .bind(state_key)
+        .bind(membership)
+        .bind(ms(pos))
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+    }
+    Ok(())
 }

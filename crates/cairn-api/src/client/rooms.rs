@@ -34,8 +34,22 @@ pub(crate) async fn join_by_id(
     State(state): State<AppState>,
     Authed(me): Authed,
     PathParams(room): PathParams<String>,
+    parts: Parts,
 ) -> Answer {
-    let room_id = state.hs.join_room(&me, &room).await?;
+    // Servers to join through: `server_name` (repeatable, the spec's name before v1.12) and `via`.
+    let via: Vec<ruma::OwnedServerName> = parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .filter(|(name, _)| *name == "server_name" || *name == "via")
+        .filter_map(|(_, value)| {
+            let value = percent_decode(value)?;
+            ruma::ServerName::parse(value).ok()
+        })
+        .collect();
+    let room_id = state.hs.join_room(&me, &room, &via).await?;
     Ok(Json(json!({ "room_id": room_id })))
 }
 
@@ -314,4 +328,22 @@ pub(crate) async fn delete_alias(
         .delete_alias(&me, &Homeserver::parse_alias(&alias)?)
         .await?;
     Ok(Json(json!({})))
+}
+
+/// Decodes `%XX` escapes (and `+` as a space is not used in these values).
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
 }

@@ -222,6 +222,26 @@ mod tests {
             self.answer(s, b).await
         }
 
+        async fn make_join(
+            &self,
+            _: &ServerName,
+            _: &ruma::RoomId,
+            _: &ruma::UserId,
+            _: &[&str],
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
+        async fn send_join(
+            &self,
+            _: &ServerName,
+            _: &ruma::RoomId,
+            _: &ruma::EventId,
+            _: Value,
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
         fn wake_sender(&self) {}
 
         async fn verify_event(

@@ -22,9 +22,27 @@ pub(super) struct Rooms {
     extremities: BTreeMap<OwnedRoomId, Vec<OwnedEventId>>,
     txns: BTreeMap<(OwnedUserId, OwnedDeviceId, String), OwnedEventId>,
     aliases: BTreeMap<OwnedRoomAliasId, (OwnedRoomId, OwnedUserId)>,
+    /// Positions of events kept out of timelines.
+    outliers: std::collections::BTreeSet<u64>,
 }
 
 impl Rooms {
+    fn insert(&mut self, pdu: &Pdu, pos: u64) {
+        self.events.insert(pos, pdu.clone());
+        self.by_id.insert(pdu.event_id.clone(), pos);
+    }
+
+    fn make_current(&mut self, pdu: &Pdu, pos: u64) {
+        if let Some(key) = &pdu.state_key {
+            self.state
+                .insert((pdu.room_id.clone(), pdu.kind_str(), key.clone()), pos);
+            if let (Some(membership), Ok(user)) = (pdu.membership(), UserId::parse(key.as_str())) {
+                self.memberships
+                    .insert((pdu.room_id.clone(), user), (membership, pos));
+            }
+        }
+    }
+
     fn stream_event(&self, pos: u64) -> StreamEvent {
         StreamEvent {
             pos,
@@ -132,18 +150,8 @@ impl RoomStore for MemoryStore {
         let pos = state.advance(None);
         state.federation.enqueue(&event.outbound);
         let rooms = &mut state.rooms;
-        rooms.events.insert(pos, pdu.clone());
-        rooms.by_id.insert(pdu.event_id.clone(), pos);
-        if let Some(key) = &pdu.state_key {
-            rooms
-                .state
-                .insert((pdu.room_id.clone(), pdu.kind_str(), key.clone()), pos);
-            if let (Some(membership), Ok(user)) = (pdu.membership(), UserId::parse(key.as_str())) {
-                rooms
-                    .memberships
-                    .insert((pdu.room_id.clone(), user), (membership, pos));
-            }
-        }
+        rooms.insert(pdu, pos);
+        rooms.make_current(pdu, pos);
         rooms
             .extremities
             .insert(pdu.room_id.clone(), vec![pdu.event_id.clone()]);
@@ -151,6 +159,44 @@ impl RoomStore for MemoryStore {
             rooms.txns.insert(txn.clone(), pdu.event_id.clone());
         }
         Ok(AppendOutcome::Appended(pos))
+    }
+
+    async fn import_room(
+        &self,
+        version: &RoomVersionId,
+        state_events: &[Pdu],
+        auth_chain: &[Pdu],
+        join: &NewEvent,
+    ) -> StoreResult<u64> {
+        let mut state = self.state();
+        let room_id = join.pdu.room_id.clone();
+        state
+            .rooms
+            .versions
+            .insert(room_id.clone(), version.clone());
+        for pdu in auth_chain.iter().chain(state_events) {
+            let pos = match state.rooms.by_id.get(&pdu.event_id) {
+                Some(pos) => *pos,
+                None => {
+                    let pos = state.advance(None);
+                    state.rooms.insert(pdu, pos);
+                    state.rooms.outliers.insert(pos);
+                    pos
+                }
+            };
+            if state_events.iter().any(|s| s.event_id == pdu.event_id) {
+                state.rooms.make_current(pdu, pos);
+            }
+        }
+        let pos = state.advance(None);
+        state.federation.enqueue(&join.outbound);
+        state.rooms.insert(&join.pdu, pos);
+        state.rooms.make_current(&join.pdu, pos);
+        state
+            .rooms
+            .extremities
+            .insert(room_id, vec![join.pdu.event_id.clone()]);
+        Ok(pos)
     }
 
     async fn event(&self, event_id: &EventId) -> StoreResult<Option<StreamEvent>> {
@@ -235,7 +281,7 @@ impl RoomStore for MemoryStore {
             .rooms
             .events
             .range(after + 1..=up_to)
-            .filter(|(_, e)| e.room_id == room_id)
+            .filter(|(p, e)| e.room_id == room_id && !state.rooms.outliers.contains(p))
             .map(|(p, _)| *p)
             .collect();
         let limited = all.len() > limit;
@@ -260,7 +306,7 @@ impl RoomStore for MemoryStore {
             .rooms
             .events
             .range(after + 1..=up_to)
-            .filter(|(_, e)| e.room_id == room_id)
+            .filter(|(p, e)| e.room_id == room_id && !state.rooms.outliers.contains(p))
             .take(limit)
             .map(|(p, _)| state.rooms.stream_event(*p))
             .collect())
@@ -278,7 +324,7 @@ impl RoomStore for MemoryStore {
             .events
             .range(..before)
             .rev()
-            .filter(|(_, e)| e.room_id == room_id)
+            .filter(|(p, e)| e.room_id == room_id && !state.rooms.outliers.contains(p))
             .take(limit)
             .map(|(p, _)| state.rooms.stream_event(*p))
             .collect())

@@ -1,7 +1,7 @@
 //! Joining, inviting, leaving, kicking and banning: each is an `m.room.member` event, allowed or
 //! refused by the room version's authorisation rules.
 
-use ruma::{OwnedRoomId, RoomId, UserId};
+use ruma::{OwnedRoomId, OwnedServerName, RoomId, UserId};
 use serde_json::{Value, json};
 
 use super::pdu::EventDraft;
@@ -10,23 +10,42 @@ use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
 
 impl Homeserver {
-    /// Joins a room by ID or alias and returns the room ID.
-    pub async fn join_room(&self, me: &Requester, room_id_or_alias: &str) -> Result<OwnedRoomId> {
+    /// Joins a room by ID or alias and returns the room ID. A room this server is not in is
+    /// joined through `via` (and the server named in the room ID).
+    pub async fn join_room(
+        &self,
+        me: &Requester,
+        room_id_or_alias: &str,
+        via: &[OwnedServerName],
+    ) -> Result<OwnedRoomId> {
         let room_id = if room_id_or_alias.starts_with('#') {
             let alias = Self::parse_alias(room_id_or_alias)?;
             self.resolve_alias(&alias).await?.0
         } else {
             RoomId::parse(room_id_or_alias).map_err(|_| Error::invalid_param("Invalid room ID"))?
         };
-        if self.store().room_version(&room_id).await?.is_none() {
-            return Err(if self.is_local_room(&room_id) {
-                Error::not_found("Unknown room")
-            } else {
-                Error::new(
-                    ErrorKind::Unknown,
-                    "Joining rooms on other servers needs federation, which is not available yet",
-                )
-            });
+        let known = self.store().room_version(&room_id).await?.is_some();
+        let resident = known
+            && self
+                .store()
+                .members_with(&room_id, "join")
+                .await?
+                .iter()
+                .any(|u| self.is_local(u));
+        if !resident {
+            let mut servers: Vec<OwnedServerName> = via.to_vec();
+            if let Some(server) = room_id.server_name()
+                && !servers.iter().any(|s| s == server)
+            {
+                servers.push(server.to_owned());
+            }
+            if !known && servers.iter().all(|s| *s == self.config().server_name) {
+                return Err(Error::not_found("Unknown room"));
+            }
+            if servers.iter().any(|s| *s != self.config().server_name) {
+                self.join_remote(&me.user_id, &room_id, &servers).await?;
+                return Ok(room_id);
+            }
         }
         // Joining a room one is already in sends a fresh join: a profile refresh, as in Synapse.
         let content = self.member_content(&me.user_id, "join").await?;
@@ -167,13 +186,6 @@ impl Homeserver {
             }
         }
         Ok(content)
-    }
-
-    /// Whether a room ID names a room of this server (room version 12 IDs name no server).
-    fn is_local_room(&self, room_id: &RoomId) -> bool {
-        room_id
-            .server_name()
-            .is_none_or(|s| s == self.config().server_name)
     }
 
     /// 404 for an unknown room, 403 for a known one the user is not in.

@@ -11,8 +11,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use ruma::events::TimelineEventType;
 use ruma::{
-    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, RoomId, RoomVersionId, ServerName,
-    UserId,
+    CanonicalJsonObject, CanonicalJsonValue, OwnedEventId, OwnedServerName, RoomId, RoomVersionId,
+    ServerName, UserId,
 };
 use serde_json::{Value, json};
 
@@ -163,6 +163,120 @@ impl Homeserver {
         }
         .await;
         (event_id, outcome)
+    }
+
+    /// Joins `me` to a room hosted elsewhere, through the first of `via` that answers:
+    /// `make_join`, sign, `send_join`, check the room state it sends back, and store it.
+    pub(crate) async fn join_remote(
+        &self,
+        me: &UserId,
+        room_id: &RoomId,
+        via: &[OwnedServerName],
+    ) -> Result<()> {
+        let mut last_error = Error::not_found("No server to join the room through");
+        for server in via.iter().filter(|s| **s != self.config().server_name) {
+            match self.join_through(me, room_id, server).await {
+                Ok(()) => return Ok(()),
+                Err(err) => {
+                    tracing::info!(%room_id, %server, %err, "remote join failed");
+                    last_error = err;
+                }
+            }
+        }
+        Err(last_error)
+    }
+
+    async fn join_through(&self, me: &UserId, room_id: &RoomId, server: &ServerName) -> Result<()> {
+        let remote = |e: crate::federation::RemoteError| {
+            Error::new(
+                ErrorKind::Unknown,
+                format!("Joining through {server} failed: {e}"),
+            )
+        };
+        let answer = self
+            .federation()
+            .make_join(server, room_id, me, &super::SUPPORTED_ROOM_VERSIONS)
+            .await
+            .map_err(remote)?;
+        let version: RoomVersionId = answer["room_version"]
+            .as_str()
+            .and_then(|v| RoomVersionId::try_from(v).ok())
+            .unwrap_or(RoomVersionId::V1);
+        let rules = pdu::rules(&version)?;
+        let mut template: CanonicalJsonObject = serde_json::from_value(answer["event"].clone())
+            .map_err(|e| Error::bad_json(format!("Bad make_join answer: {e}")))?;
+        let sender_ok = template.get("sender").and_then(CanonicalJsonValue::as_str)
+            == Some(me.as_str())
+            && template
+                .get("state_key")
+                .and_then(CanonicalJsonValue::as_str)
+                == Some(me.as_str())
+            && template.get("room_id").and_then(CanonicalJsonValue::as_str)
+                == Some(room_id.as_str());
+        if !sender_ok {
+            return Err(Error::bad_json(
+                "The join template is not for this user and room",
+            ));
+        }
+        template.insert(
+            "origin_server_ts".into(),
+            CanonicalJsonValue::Integer(ruma::Int::try_from(self.now_ms()).unwrap_or_default()),
+        );
+        template.remove("signatures");
+        template.remove("hashes");
+        self.signer().hash_and_sign(&mut template, &rules)?;
+        let join = pdu::from_signed(&template, &version, Some(room_id))?;
+        let body = serde_json::to_value(&template)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        let answer = self
+            .federation()
+            .send_join(server, room_id, &join.event_id, body)
+            .await
+            .map_err(remote)?;
+
+        let mut state = Vec::new();
+        let mut auth_chain = Vec::new();
+        for (field, into) in [("state", &mut state), ("auth_chain", &mut auth_chain)] {
+            for raw in answer[field].as_array().into_iter().flatten() {
+                let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(raw.clone()) else {
+                    continue;
+                };
+                // Events that fail their checks are left out; the join is checked below against
+                // what remains.
+                match self.federation().verify_event(&object, &version).await {
+                    Ok(()) => into.push(pdu::from_signed(&object, &version, Some(room_id))?),
+                    Err(err) => tracing::warn!(%room_id, %server, %err, "state event refused"),
+                }
+            }
+        }
+        if !state
+            .iter()
+            .any(|e| e.kind == TimelineEventType::RoomCreate)
+        {
+            return Err(Error::bad_json("The room state has no create event"));
+        }
+        let lookup: Vec<Pdu> = state
+            .iter()
+            .filter(|e| {
+                e.state_key.is_some()
+                    && (join.auth_events.contains(&e.event_id)
+                        || e.kind == TimelineEventType::RoomCreate)
+            })
+            .cloned()
+            .collect();
+        check_auth(&rules, &join, &lookup)?;
+        let event = NewEvent {
+            pdu: join.clone(),
+            expected_extremities: Vec::new(),
+            txn: None,
+            creates_room: None,
+            outbound: Vec::new(),
+        };
+        self.store()
+            .import_room(&version, &state, &auth_chain, &event)
+            .await?;
+        self.notify_room_event(&join).await?;
+        Ok(())
     }
 
     /// The version of a room this server is in (has a local member joined to).

@@ -88,7 +88,10 @@ async fn invites_joins_and_what_the_auth_rules_refuse() {
         .unwrap();
     // Not invited to a private room.
     assert_eq!(
-        hs.join_room(&bob, room.as_str()).await.unwrap_err().kind,
+        hs.join_room(&bob, room.as_str(), &[])
+            .await
+            .unwrap_err()
+            .kind,
         ErrorKind::Forbidden
     );
     assert_eq!(
@@ -101,7 +104,7 @@ async fn invites_joins_and_what_the_auth_rules_refuse() {
     hs.invite(&alice, &room, &bob.user_id, None, true)
         .await
         .unwrap();
-    hs.join_room(&bob, room.as_str()).await.unwrap();
+    hs.join_room(&bob, room.as_str(), &[]).await.unwrap();
     assert_eq!(hs.joined_members(&alice, &room).await.unwrap().len(), 2);
     // Power level 0 cannot change the name (state_default 50), nor kick.
     let err = hs
@@ -162,7 +165,7 @@ async fn public_rooms_are_joinable_by_alias() {
         .await
         .unwrap();
     assert_eq!(
-        hs.join_room(&bob, "#lobby:example.org").await.unwrap(),
+        hs.join_room(&bob, "#lobby:example.org", &[]).await.unwrap(),
         room
     );
     let taken = hs
@@ -171,7 +174,7 @@ async fn public_rooms_are_joinable_by_alias() {
         .unwrap_err();
     assert_eq!(taken.kind, ErrorKind::RoomInUse);
     assert_eq!(
-        hs.join_room(&bob, "#missing:example.org")
+        hs.join_room(&bob, "#missing:example.org", &[])
             .await
             .unwrap_err()
             .kind,

@@ -76,6 +76,17 @@ pub trait RoomStore: Send + Sync {
     /// Appends a local event: stores it, updates current state, memberships and extremities,
     /// records the transaction ID, in one transaction (see the module docs).
     async fn append_event(&self, event: &NewEvent) -> StoreResult<AppendOutcome>;
+    /// Joins a room another server hosts, in one transaction: records its version, stores the
+    /// state and auth chain the resident server sent as outliers (never in timelines), makes
+    /// that state current, and appends `join` as the room's only forward extremity. Returns the
+    /// join's stream position.
+    async fn import_room(
+        &self,
+        version: &RoomVersionId,
+        state: &[Pdu],
+        auth_chain: &[Pdu],
+        join: &NewEvent,
+    ) -> StoreResult<u64>;
     /// One event by ID.
     async fn event(&self, event_id: &ruma::EventId) -> StoreResult<Option<StreamEvent>>;
     /// The event a client transaction produced, if any.

@@ -419,3 +419,88 @@ async fn queued_edus_survive_kill_9_of_the_sender(backend: crate::harness::Backe
     );
     fed.stop().await;
 }
+
+/// Waits until `session` sees a message with `body` in `room_id`'s timeline.
+async fn see_message(client: &Client, session: &Session, room_id: &str, body: &str) {
+    sync_until(client, session, |sync| {
+        let events = sync["rooms"]["join"][room_id]["timeline"]["events"].as_array()?;
+        events
+            .iter()
+            .any(|e| e["content"]["body"] == body)
+            .then_some(())
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "public_chat", "name": "across" }),
+        )
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.post(
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name=a.test",
+            enc(&room_id)
+        ),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+
+    // Both servers agree on who is in the room, and B has the room's state.
+    for (client, session) in [(&a, &alice), (&b, &bob)] {
+        let members = client
+            .get(
+                &format!("/_matrix/client/v3/rooms/{}/joined_members", enc(&room_id)),
+                Some(&session.token),
+            )
+            .await
+            .ok();
+        let mut joined: Vec<&String> = members["joined"].as_object().unwrap().keys().collect();
+        joined.sort();
+        assert_eq!(joined, [&alice.user_id, &bob.user_id]);
+    }
+    let name = b
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.name/",
+                enc(&room_id)
+            ),
+            Some(&bob.token),
+        )
+        .await
+        .ok();
+    assert_eq!(name["name"], "across");
+
+    for (sender, from, to, reader, body) in [
+        (&alice, &a, &b, &bob, "hello from a"),
+        (&bob, &b, &a, &alice, "hello from b"),
+    ] {
+        from.put(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                enc(&room_id),
+                body.replace(' ', "_")
+            ),
+            Some(&sender.token),
+            json!({ "msgtype": "m.text", "body": body }),
+        )
+        .await
+        .ok();
+        see_message(to, reader, &room_id, body).await;
+    }
+    fed.stop().await;
+}
