@@ -1,5 +1,5 @@
 """Checks federation between a Synapse and a Cairn, both ways: device-key query and claim,
-to-device messages, and a Synapse user joining a room on Cairn with messages both ways. Standard library only. Prints a transcript; exits non-zero on a failure.
+to-device messages, and each side joining a room on the other with messages both ways. Standard library only. Prints a transcript; exits non-zero on a failure.
 
 Usage: check.py SYNAPSE_CLIENT_URL SYNAPSE_NAME CAIRN_CLIENT_URL CAIRN_NAME
 """
@@ -115,21 +115,24 @@ def wait_for_message(label, base, session, room_id, body):
     check(label, False, "not seen within 30 s")
 
 
-def rooms(synapse, alice, cairn, cairn_name, bob):
-    room_id = ok(cairn, "POST", "/_matrix/client/v3/createRoom",
-                 {"preset": "public_chat", "name": "interop"}, bob["access_token"])["room_id"]
-    print(f"room {room_id} created on Cairn")
-    status, answer = call(synapse, "POST",
+def rooms(host_name, host, host_user, guest_name, guest, guest_user, host_server_name):
+    room_id = ok(host, "POST", "/_matrix/client/v3/createRoom",
+                 {"preset": "public_chat", "name": "interop"}, host_user["access_token"])["room_id"]
+    print(f"room {room_id} created on {host_name}")
+    status, answer = call(guest, "POST",
                           f"/_matrix/client/v3/join/{urllib.parse.quote(room_id)}"
-                          f"?server_name={urllib.parse.quote(cairn_name)}", {},
-                          alice["access_token"])
-    check("Synapse user joins a room on Cairn", status == 200, answer)
-    members = ok(cairn, "GET", f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/joined_members",
-                 token=bob["access_token"])
-    check("Cairn sees the remote join", alice["user_id"] in members.get("joined", {}), members)
+                          f"?server_name={urllib.parse.quote(host_server_name)}", {},
+                          guest_user["access_token"])
+    check(f"{guest_name} user joins a room on {host_name}", status == 200, answer)
+    for base, user in [(host, host_user), (guest, guest_user)]:
+        members = ok(base, "GET",
+                     f"/_matrix/client/v3/rooms/{urllib.parse.quote(room_id)}/joined_members",
+                     token=user["access_token"])
+        check("both members seen", sorted(members.get("joined", {})) ==
+              sorted([host_user["user_id"], guest_user["user_id"]]), members)
     for sender_base, sender, recv_base, receiver, label in [
-        (cairn, bob, synapse, alice, "message Cairn to Synapse"),
-        (synapse, alice, cairn, bob, "message Synapse to Cairn"),
+        (host, host_user, guest, guest_user, f"message {host_name} to {guest_name}"),
+        (guest, guest_user, host, host_user, f"message {guest_name} to {host_name}"),
     ]:
         body = f"{label} {uuid.uuid4().hex[:8]}"
         ok(sender_base, "PUT",
@@ -150,7 +153,8 @@ def main():
     query_and_claim("Synapse asks Cairn", synapse, alice, bob)
     to_device("Cairn to Synapse", cairn, bob, synapse, alice)
     to_device("Synapse to Cairn", synapse, alice, cairn, bob)
-    rooms(synapse, alice, cairn, cairn_name, bob)
+    rooms("Cairn", cairn, bob, "Synapse", synapse, alice, cairn_name)
+    rooms("Synapse", synapse, alice, "Cairn", cairn, bob, synapse_name)
     print("all interop checks passed")
 
 
