@@ -44,6 +44,10 @@ pub(crate) fn router() -> Router<AppState> {
             "/_matrix/federation/v2/send_join/{room_id}/{event_id}",
             put(send_join),
         )
+        .route(
+            "/_matrix/federation/v2/invite/{room_id}/{event_id}",
+            put(invite),
+        )
 }
 
 async fn server_keys(State(state): State<AppState>) -> Json<Value> {
@@ -186,4 +190,20 @@ async fn send_join(
 
 fn room_id_param(raw: &str) -> Result<ruma::OwnedRoomId, ApiError> {
     ruma::RoomId::parse(raw).map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid room ID"))
+}
+
+async fn invite(
+    State(state): State<AppState>,
+    PathParams((room_id, event_id)): PathParams<(String, String)>,
+    req: SignedJson<cairn_core::rooms::invites::InviteRequest>,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let event_id = ruma::EventId::parse(&event_id)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
+    Ok(Json(
+        state
+            .hs
+            .receive_invite(&req.origin, &room_id, &event_id, req.body)
+            .await?,
+    ))
 }

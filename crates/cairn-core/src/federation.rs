@@ -78,6 +78,15 @@ pub trait Federation: Send + Sync {
         event: Value,
     ) -> Result<Value, RemoteError>;
 
+    /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
+    async fn send_invite(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        body: Value,
+    ) -> Result<Value, RemoteError>;
+
     /// Items were queued for other servers: the sender should look at the queue now.
     fn wake_sender(&self);
 
@@ -125,6 +134,16 @@ impl Federation for NoFederation {
     }
 
     async fn send_join(
+        &self,
+        _: &ServerName,
+        _: &ruma::RoomId,
+        _: &ruma::EventId,
+        _: Value,
+    ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn send_invite(
         &self,
         _: &ServerName,
         _: &ruma::RoomId,

@@ -117,6 +117,29 @@ impl Federation for Transport {
             .await
     }
 
+    async fn send_invite(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        body: Value,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v2/invite/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::PUT,
+                &path,
+                Some(body),
+                JOIN_TIMEOUT,
+            )
+            .await
+    }
+
     fn wake_sender(&self) {
         self.client.sender_wake().notify_one();
     }

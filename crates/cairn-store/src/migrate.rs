@@ -50,6 +50,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/common/0008_outliers.sql"),
         include_str!("../migrations/common/0008_outliers.sql"),
     ),
+    (
+        9,
+        include_str!("../migrations/common/0009_remote_invites.sql"),
+        include_str!("../migrations/common/0009_remote_invites.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -261,6 +261,67 @@ impl RoomStore for SqlStore {
         Ok(pos)
     }
 
+    async fn store_remote_invite(
+        &self,
+        version: &RoomVersionId,
+        invite: &Pdu,
+        stripped_state: &str,
+    ) -> StoreResult<u64> {
+        let room = invite.room_id.as_str();
+        let target = invite.state_key.as_deref().unwrap_or_default();
+        let mut tx = self.begin().await?;
+        sqlx::query(
+            "INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(room)
+        .bind(version.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+        let known: Option<i64> =
+            sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
+                .bind(invite.event_id.as_str())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend_err)?;
+        let pos = match known {
+            Some(pos) => from_ms(pos),
+            None => {
+                let pos = next_position(&mut tx).await?;
+                insert_event(&mut tx, invite, pos, true).await?;
+                make_current(&mut tx, invite, pos).await?;
+                pos
+            }
+        };
+        sqlx::query(
+            "INSERT INTO remote_invite_state (room_id, user_id, state_json) VALUES ($1, $2, $3) \
+             ON CONFLICT (room_id, user_id) DO UPDATE SET state_json = excluded.state_json",
+        )
+        .bind(room)
+        .bind(target)
+        .bind(stripped_state)
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+        tx.commit().await.map_err(backend_err)?;
+        Ok(pos)
+    }
+
+    async fn remote_invite_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<String>> {
+        sqlx::query_scalar(
+            "SELECT state_json FROM remote_invite_state WHERE room_id = $1 AND user_id = $2",
+        )
+        .bind(room_id.as_str())
+        .bind(user_id.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend_err)
+    }
+
     async fn event(&self, event_id: &EventId) -> StoreResult<Option<StreamEvent>> {
         let row = sqlx::query(AssertSqlSafe(format!(
             "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"

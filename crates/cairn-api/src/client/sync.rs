@@ -113,8 +113,7 @@ fn rooms(rooms: &RoomsSync) -> Value {
         );
     }
     let mut invite = Map::new();
-    for (room_id, state) in &rooms.invite {
-        let stripped: Vec<Value> = state.iter().map(Pdu::stripped_state).collect();
+    for (room_id, stripped) in &rooms.invite {
         invite.insert(
             room_id.to_string(),
             json!({ "invite_state": { "events": stripped } }),

@@ -242,6 +242,16 @@ mod tests {
             Err(RemoteError::Unreachable("not scripted".into()))
         }
 
+        async fn send_invite(
+            &self,
+            _: &ServerName,
+            _: &ruma::RoomId,
+            _: &ruma::EventId,
+            _: Value,
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
         fn wake_sender(&self) {}
 
         async fn verify_event(

@@ -24,6 +24,7 @@ pub(super) struct Rooms {
     aliases: BTreeMap<OwnedRoomAliasId, (OwnedRoomId, OwnedUserId)>,
     /// Positions of events kept out of timelines.
     outliers: std::collections::BTreeSet<u64>,
+    invite_state: BTreeMap<(OwnedRoomId, OwnedUserId), String>,
 }
 
 impl Rooms {
@@ -197,6 +198,50 @@ impl RoomStore for MemoryStore {
             .extremities
             .insert(room_id, vec![join.pdu.event_id.clone()]);
         Ok(pos)
+    }
+
+    async fn store_remote_invite(
+        &self,
+        version: &RoomVersionId,
+        invite: &Pdu,
+        stripped_state: &str,
+    ) -> StoreResult<u64> {
+        let mut state = self.state();
+        state
+            .rooms
+            .versions
+            .entry(invite.room_id.clone())
+            .or_insert_with(|| version.clone());
+        let pos = match state.rooms.by_id.get(&invite.event_id) {
+            Some(pos) => *pos,
+            None => {
+                let pos = state.advance(None);
+                state.rooms.insert(invite, pos);
+                state.rooms.outliers.insert(pos);
+                state.rooms.make_current(invite, pos);
+                pos
+            }
+        };
+        if let Some(Ok(target)) = invite.state_key.as_deref().map(UserId::parse) {
+            state
+                .rooms
+                .invite_state
+                .insert((invite.room_id.clone(), target), stripped_state.to_owned());
+        }
+        Ok(pos)
+    }
+
+    async fn remote_invite_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<String>> {
+        Ok(self
+            .state()
+            .rooms
+            .invite_state
+            .get(&(room_id.to_owned(), user_id.to_owned()))
+            .cloned())
     }
 
     async fn event(&self, event_id: &EventId) -> StoreResult<Option<StreamEvent>> {

@@ -7,7 +7,7 @@ use serde_json::{Value, json};
 use super::pdu::EventDraft;
 use crate::Homeserver;
 use crate::accounts::Requester;
-use crate::error::{Error, ErrorKind, Result};
+use crate::error::{Error, Result};
 
 impl Homeserver {
     /// Joins a room by ID or alias and returns the room ID. A room this server is not in is
@@ -34,6 +34,13 @@ impl Homeserver {
                 .any(|u| self.is_local(u));
         if !resident {
             let mut servers: Vec<OwnedServerName> = via.to_vec();
+            // Invited from another server: that server is in the room.
+            let mine = [("m.room.member".to_owned(), me.user_id.to_string())];
+            for invite in self.store().state_events(&room_id, &mine).await? {
+                if invite.membership().as_deref() == Some("invite") {
+                    servers.push(invite.sender.server_name().to_owned());
+                }
+            }
             if let Some(server) = room_id.server_name()
                 && !servers.iter().any(|s| s == server)
             {
@@ -69,10 +76,14 @@ impl Homeserver {
         is_direct: bool,
     ) -> Result<()> {
         if !self.is_local(target) {
-            return Err(Error::new(
-                ErrorKind::Unknown,
-                "Inviting users of other servers needs federation, which is not available yet",
-            ));
+            let mut content = json!({ "membership": "invite" });
+            if is_direct {
+                content["is_direct"] = true.into();
+            }
+            if let Some(reason) = reason {
+                content["reason"] = reason.into();
+            }
+            return self.invite_remote(me, room_id, target, content).await;
         }
         if self.store().user(target).await?.is_none() {
             return Err(Error::not_found(format!("Unknown user {target}")));

@@ -87,6 +87,21 @@ pub trait RoomStore: Send + Sync {
         auth_chain: &[Pdu],
         join: &NewEvent,
     ) -> StoreResult<u64>;
+    /// Records an invite of a local user to a room on another server: the room's version, the
+    /// invite (an outlier whose membership is current for its target), and the stripped state
+    /// the inviting server sent (a JSON array). Returns the invite's stream position.
+    async fn store_remote_invite(
+        &self,
+        version: &RoomVersionId,
+        invite: &Pdu,
+        stripped_state: &str,
+    ) -> StoreResult<u64>;
+    /// The stripped state stored with a remote invite of `user_id` to `room_id`.
+    async fn remote_invite_state(
+        &self,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> StoreResult<Option<String>>;
     /// One event by ID.
     async fn event(&self, event_id: &ruma::EventId) -> StoreResult<Option<StreamEvent>>;
     /// The event a client transaction produced, if any.

@@ -21,7 +21,7 @@ pub const DEFAULT_TIMELINE_LIMIT: usize = 10;
 /// Most timeline events per room a filter may ask for.
 const MAX_TIMELINE_LIMIT: usize = 500;
 /// State types shown to invitees (the spec's recommendation).
-const INVITE_STATE_TYPES: [&str; 6] = [
+pub(crate) const INVITE_STATE_TYPES: [&str; 6] = [
     "m.room.create",
     "m.room.join_rules",
     "m.room.name",
@@ -102,7 +102,7 @@ pub struct RoomsSync {
     /// Rooms the user is in.
     pub join: BTreeMap<OwnedRoomId, JoinedRoom>,
     /// Rooms the user is invited to, with stripped state.
-    pub invite: BTreeMap<OwnedRoomId, Vec<Pdu>>,
+    pub invite: BTreeMap<OwnedRoomId, Vec<serde_json::Value>>,
     /// Rooms the user left (or was removed from) since the last sync.
     pub leave: BTreeMap<OwnedRoomId, LeftRoom>,
 }
@@ -225,7 +225,17 @@ impl Homeserver {
                         let inviter = [("m.room.member".to_owned(), invite.sender.to_string())];
                         stripped.extend(store.state_events(&m.room_id, &inviter).await?);
                     }
-                    out.invite.insert(m.room_id, stripped);
+                    let mut shown: Vec<serde_json::Value> =
+                        stripped.iter().map(Pdu::stripped_state).collect();
+                    // A room on another server: what its server sent with the invite.
+                    if let Some(remote) = store.remote_invite_state(&m.room_id, &me.user_id).await?
+                        && let Ok(serde_json::Value::Array(events)) = serde_json::from_str(&remote)
+                    {
+                        shown.extend(events.into_iter().filter(|e| {
+                            e["type"] != "m.room.member" || e["state_key"] != me.user_id.as_str()
+                        }));
+                    }
+                    out.invite.insert(m.room_id, shown);
                 }
                 "leave" | "ban" if since.is_some() && changed_membership => {
                     let (timeline, limited) =

@@ -504,3 +504,60 @@ async fn a_user_joins_a_room_on_another_server_and_messages_flow_both_ways() {
     }
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_invite_shows_in_sync_and_the_invitee_joins() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "trusted_private_chat", "name": "private", "is_direct": true,
+                    "invite": [bob.user_id] }),
+        )
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let invite = sync_until(&b, &bob, |sync| {
+        sync["rooms"]["invite"][&room_id]["invite_state"]["events"]
+            .as_array()
+            .cloned()
+    })
+    .await;
+    let member = invite
+        .iter()
+        .find(|e| e["type"] == "m.room.member" && e["state_key"] == bob.user_id)
+        .expect("the invite itself");
+    assert_eq!(member["sender"], alice.user_id);
+    assert_eq!(member["content"]["is_direct"], true);
+    assert!(
+        invite
+            .iter()
+            .any(|e| e["type"] == "m.room.name" && e["content"]["name"] == "private"),
+        "the stripped state the inviting server sent: {invite:?}"
+    );
+
+    // No server named: the invite says where the room is.
+    b.post(
+        &format!("/_matrix/client/v3/rooms/{}/join", enc(&room_id)),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+    b.put(
+        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/m1", enc(&room_id)),
+        Some(&bob.token),
+        json!({ "msgtype": "m.text", "body": "thanks for the invite" }),
+    )
+    .await
+    .ok();
+    see_message(&a, &alice, &room_id, "thanks for the invite").await;
+    fed.stop().await;
+}
