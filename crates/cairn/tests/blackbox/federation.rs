@@ -552,7 +552,10 @@ async fn a_remote_invite_shows_in_sync_and_the_invitee_joins() {
     .await
     .ok();
     b.put(
-        &format!("/_matrix/client/v3/rooms/{}/send/m.room.message/m1", enc(&room_id)),
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/m1",
+            enc(&room_id)
+        ),
         Some(&bob.token),
         json!({ "msgtype": "m.text", "body": "thanks for the invite" }),
     )
