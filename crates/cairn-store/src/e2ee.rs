@@ -359,6 +359,13 @@ impl SyncStore for SqlStore {
         Ok(from_ms(pos))
     }
 
+    async fn mark_device_list_changed(&self, user_id: &UserId) -> StoreResult<u64> {
+        let mut tx = self.begin().await?;
+        let pos = record_device_list_change(&mut tx, user_id.as_str()).await?;
+        tx.commit().await.map_err(backend_err)?;
+        Ok(pos)
+    }
+
     async fn device_list_changes(
         &self,
         user_id: &UserId,

@@ -239,6 +239,10 @@ impl SyncStore for MemoryStore {
         Ok(self.state().pos)
     }
 
+    async fn mark_device_list_changed(&self, user_id: &UserId) -> StoreResult<u64> {
+        Ok(self.state().advance(Some(user_id)))
+    }
+
     async fn device_list_changes(
         &self,
         user_id: &UserId,

@@ -178,6 +178,9 @@ pub trait ToDeviceStore: Send + Sync {
 pub trait SyncStore: Send + Sync {
     /// The newest stream position; everything at or below it is committed.
     async fn current_position(&self) -> StoreResult<u64>;
+    /// Records that `user_id`'s device list changed (a user of another server, as its server
+    /// announced), at a new stream position, which is returned.
+    async fn mark_device_list_changed(&self, user_id: &UserId) -> StoreResult<u64>;
     /// Users whose device lists changed in `(after, up_to]` and whom `user_id` should hear about:
     /// itself and the users it shares a room with.
     async fn device_list_changes(

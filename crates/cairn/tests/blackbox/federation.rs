@@ -564,3 +564,70 @@ async fn a_remote_invite_shows_in_sync_and_the_invitee_joins() {
     see_message(&a, &alice, &room_id, "thanks for the invite").await;
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn a_remote_key_change_reaches_local_room_mates() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "public_chat" }),
+        )
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    b.post(
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name=a.test",
+            enc(&room_id)
+        ),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+    let since = b
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&bob.token))
+        .await
+        .ok()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let update = |user: &str, stream_id: u64| {
+        json!({ "edu_type": "m.device_list_update", "content": {
+            "user_id": user, "device_id": "NEW", "stream_id": stream_id, "prev_id": [],
+            "keys": {}, "deleted": false,
+        }})
+    };
+    let a_server = fed.servers[0].as_ref().unwrap();
+    a_server
+        .send_federation(
+            "b.test",
+            "PUT",
+            "/_matrix/federation/v1/send/dl1",
+            json!({ "origin": "a.test", "origin_server_ts": 0, "pdus": [],
+                    "edus": [update(&alice.user_id, 7), update("@mallory:c.test", 8)] }),
+        )
+        .await
+        .unwrap();
+    let sync = b
+        .get(
+            &format!("/_matrix/client/v3/sync?timeout=5000&since={since}"),
+            Some(&bob.token),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        sync["device_lists"]["changed"],
+        json!([alice.user_id]),
+        "alice's change is seen; the EDU about c.test's user is ignored"
+    );
+    fed.stop().await;
+}
