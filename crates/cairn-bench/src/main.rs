@@ -16,7 +16,12 @@ const USAGE: &str = "usage: cairn-bench keys [--cairn PATH] [--backend sqlite|po
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let all: Vec<String> = std::env::args().skip(1).collect();
+    if all.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        return Ok(());
+    }
+    let mut args = all.into_iter();
     let Some(command) = args.next() else {
         bail!("{USAGE}")
     };
