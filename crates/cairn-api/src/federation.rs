@@ -48,6 +48,7 @@ pub(crate) fn router() -> Router<AppState> {
             "/_matrix/federation/v2/invite/{room_id}/{event_id}",
             put(invite),
         )
+        .route("/_matrix/federation/v1/event/{event_id}", get(event))
 }
 
 async fn server_keys(State(state): State<AppState>) -> Json<Value> {
@@ -206,4 +207,14 @@ async fn invite(
             .receive_invite(&req.origin, &room_id, &event_id, req.body)
             .await?,
     ))
+}
+
+async fn event(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams(event_id): PathParams<String>,
+) -> Answer {
+    let event_id = ruma::EventId::parse(&event_id)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
+    Ok(Json(state.hs.federation_event(&origin, &event_id).await?))
 }

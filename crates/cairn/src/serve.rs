@@ -119,7 +119,8 @@ impl RunningServer {
         self.task.await.context("server task panicked")?
     }
 
-    /// Sends a signed federation request as this server (tests, `cairn demo`).
+    /// Sends a signed federation request as this server (tests, `cairn demo`); a `Null` body
+    /// sends none.
     pub async fn send_federation(
         &self,
         destination: &str,
@@ -134,7 +135,7 @@ impl RunningServer {
                 &destination,
                 method,
                 path,
-                Some(body),
+                (!body.is_null()).then_some(body),
                 Duration::from_secs(10),
             )
             .await

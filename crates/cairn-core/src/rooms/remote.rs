@@ -389,3 +389,36 @@ impl Homeserver {
         Ok(chain.into_values().collect())
     }
 }
+
+impl Homeserver {
+    /// `GET /_matrix/federation/v1/event/{eventId}`: an event, for a server with a member
+    /// joined to its room (or one that was invited: its user is the event's target).
+    pub async fn federation_event(
+        &self,
+        origin: &ServerName,
+        event_id: &ruma::EventId,
+    ) -> Result<Value> {
+        let event = self
+            .store()
+            .event(event_id)
+            .await?
+            .ok_or_else(|| Error::not_found("Unknown event"))?
+            .pdu;
+        let members = self.store().members_with(&event.room_id, "join").await?;
+        let invited_target = event
+            .state_key
+            .as_deref()
+            .and_then(|k| UserId::parse(k).ok())
+            .is_some_and(|u| u.server_name() == origin);
+        if !members.iter().any(|u| u.server_name() == origin) && !invited_target {
+            return Err(Error::forbidden("Your server is not in that room"));
+        }
+        let pdu: Value = serde_json::from_str(&event.json)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        Ok(json!({
+            "origin": self.config().server_name,
+            "origin_server_ts": self.now_ms(),
+            "pdus": [pdu],
+        }))
+    }
+}

@@ -631,3 +631,83 @@ async fn a_remote_key_change_reaches_local_room_mates() {
     );
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn events_are_served_only_to_servers_in_their_room() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let create = |name: &'static str| {
+        let (a, alice) = (a.clone(), alice.clone());
+        async move {
+            a.post(
+                "/_matrix/client/v3/createRoom",
+                Some(&alice.token),
+                json!({ "preset": "public_chat", "name": name }),
+            )
+            .await
+            .ok()["room_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let shared = create("shared").await;
+    let private = create("private").await;
+    b.post(
+        &format!(
+            "/_matrix/client/v3/join/{}?server_name=a.test",
+            enc(&shared)
+        ),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+    let send = |room: String| {
+        let (a, alice) = (a.clone(), alice.clone());
+        async move {
+            a.put(
+                &format!(
+                    "/_matrix/client/v3/rooms/{}/send/m.room.message/{}",
+                    enc(&room),
+                    enc(&room)
+                ),
+                Some(&alice.token),
+                json!({ "msgtype": "m.text", "body": "x" }),
+            )
+            .await
+            .ok()["event_id"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }
+    };
+    let in_shared = send(shared.clone()).await;
+    let in_private = send(private.clone()).await;
+    let b_server = fed.servers[1].as_ref().unwrap();
+    let got = b_server
+        .send_federation(
+            "a.test",
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&in_shared)),
+            Value::Null,
+        )
+        .await
+        .unwrap();
+    assert_eq!(got["origin"], "a.test");
+    assert_eq!(got["pdus"][0]["room_id"], shared);
+    assert_eq!(got["pdus"][0]["content"]["body"], "x");
+    let refused = b_server
+        .send_federation(
+            "a.test",
+            "GET",
+            &format!("/_matrix/federation/v1/event/{}", enc(&in_private)),
+            Value::Null,
+        )
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("403"), "{refused}");
+    fed.stop().await;
+}
