@@ -49,6 +49,14 @@ pub(crate) fn router() -> Router<AppState> {
             put(invite),
         )
         .route("/_matrix/federation/v1/event/{event_id}", get(event))
+        .route(
+            "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
+            get(make_leave),
+        )
+        .route(
+            "/_matrix/federation/v2/send_leave/{room_id}/{event_id}",
+            put(send_leave),
+        )
 }
 
 async fn server_keys(State(state): State<AppState>) -> Json<Value> {
@@ -217,4 +225,32 @@ async fn event(
     let event_id = ruma::EventId::parse(&event_id)
         .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
     Ok(Json(state.hs.federation_event(&origin, &event_id).await?))
+}
+
+async fn make_leave(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams((room_id, user_id)): PathParams<(String, String)>,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let user_id = user_id_param(&user_id)?;
+    Ok(Json(
+        state.hs.make_leave(&origin, &room_id, &user_id).await?,
+    ))
+}
+
+async fn send_leave(
+    State(state): State<AppState>,
+    PathParams((room_id, event_id)): PathParams<(String, String)>,
+    req: SignedJson<ruma::CanonicalJsonObject>,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let event_id = ruma::EventId::parse(&event_id)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
+    Ok(Json(
+        state
+            .hs
+            .send_leave(&req.origin, &room_id, &event_id, req.body)
+            .await?,
+    ))
 }

@@ -78,6 +78,23 @@ pub trait Federation: Send + Sync {
         event: Value,
     ) -> Result<Value, RemoteError>;
 
+    /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
+    async fn make_leave(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError>;
+
+    /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
+    async fn send_leave(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        event: Value,
+    ) -> Result<Value, RemoteError>;
+
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
     async fn send_invite(
         &self,
@@ -144,6 +161,25 @@ impl Federation for NoFederation {
     }
 
     async fn send_invite(
+        &self,
+        _: &ServerName,
+        _: &ruma::RoomId,
+        _: &ruma::EventId,
+        _: Value,
+    ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn make_leave(
+        &self,
+        _: &ServerName,
+        _: &ruma::RoomId,
+        _: &ruma::UserId,
+    ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn send_leave(
         &self,
         _: &ServerName,
         _: &ruma::RoomId,

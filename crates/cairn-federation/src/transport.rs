@@ -117,6 +117,45 @@ impl Federation for Transport {
             .await
     }
 
+    async fn make_leave(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v1/make_leave/{}/{}",
+            encode(room_id.as_str()),
+            encode(user_id.as_str())
+        );
+        self.client
+            .send(destination, reqwest::Method::GET, &path, None, JOIN_TIMEOUT)
+            .await
+    }
+
+    async fn send_leave(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        event_id: &ruma::EventId,
+        event: Value,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v2/send_leave/{}/{}",
+            encode(room_id.as_str()),
+            encode(event_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::PUT,
+                &path,
+                Some(event),
+                JOIN_TIMEOUT,
+            )
+            .await
+    }
+
     async fn send_invite(
         &self,
         destination: &ServerName,

@@ -261,7 +261,7 @@ impl RoomStore for SqlStore {
         Ok(pos)
     }
 
-    async fn store_remote_invite(
+    async fn store_remote_membership(
         &self,
         version: &RoomVersionId,
         invite: &Pdu,

@@ -252,6 +252,25 @@ mod tests {
             Err(RemoteError::Unreachable("not scripted".into()))
         }
 
+        async fn make_leave(
+            &self,
+            _: &ServerName,
+            _: &ruma::RoomId,
+            _: &ruma::UserId,
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
+        async fn send_leave(
+            &self,
+            _: &ServerName,
+            _: &ruma::RoomId,
+            _: &ruma::EventId,
+            _: Value,
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
         fn wake_sender(&self) {}
 
         async fn verify_event(

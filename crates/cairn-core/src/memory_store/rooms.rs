@@ -200,7 +200,7 @@ impl RoomStore for MemoryStore {
         Ok(pos)
     }
 
-    async fn store_remote_invite(
+    async fn store_remote_membership(
         &self,
         version: &RoomVersionId,
         invite: &Pdu,

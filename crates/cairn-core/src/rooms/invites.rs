@@ -161,11 +161,88 @@ impl Homeserver {
             let stripped = serde_json::to_string(&req.invite_room_state)
                 .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
             self.store()
-                .store_remote_invite(&version, &countersigned, &stripped)
+                .store_remote_membership(&version, &countersigned, &stripped)
                 .await?;
             self.notifier().notify(&[&target]);
         }
         Ok(json!({ "event": signed }))
+    }
+
+    /// Declines an invite to a room on another server: `make_leave` and `send_leave` through
+    /// the inviting server (or the room ID's), then the leave is recorded here.
+    pub(crate) async fn decline_remote_invite(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        invite: &pdu::Pdu,
+    ) -> Result<()> {
+        let mut servers = vec![invite.sender.server_name().to_owned()];
+        if let Some(server) = room_id.server_name()
+            && !servers.iter().any(|s| s == server)
+        {
+            servers.push(server.to_owned());
+        }
+        let mut last = Error::not_found("No server to decline the invite through");
+        for server in servers {
+            match self.leave_through(me, room_id, &server).await {
+                Ok(()) => return Ok(()),
+                Err(err) => last = err,
+            }
+        }
+        Err(last)
+    }
+
+    async fn leave_through(
+        &self,
+        me: &Requester,
+        room_id: &RoomId,
+        server: &ServerName,
+    ) -> Result<()> {
+        let remote = |e: crate::federation::RemoteError| {
+            Error::new(
+                ErrorKind::Unknown,
+                format!("Leaving through {server} failed: {e}"),
+            )
+        };
+        let answer = self
+            .federation()
+            .make_leave(server, room_id, &me.user_id)
+            .await
+            .map_err(remote)?;
+        let version = RoomVersionId::try_from(answer["room_version"].as_str().unwrap_or("1"))
+            .map_err(|_| Error::bad_json("Bad make_leave answer"))?;
+        let rules = pdu::rules(&version)?;
+        let mut template: CanonicalJsonObject = serde_json::from_value(answer["event"].clone())
+            .map_err(|e| Error::bad_json(format!("Bad make_leave answer: {e}")))?;
+        let own = |field: &str| {
+            template
+                .get(field)
+                .and_then(ruma::CanonicalJsonValue::as_str)
+                == Some(me.user_id.as_str())
+        };
+        if !own("sender") || !own("state_key") {
+            return Err(Error::bad_json("The leave template is not for this user"));
+        }
+        template.remove("signatures");
+        template.remove("hashes");
+        self.signer().hash_and_sign(&mut template, &rules)?;
+        let leave = pdu::from_signed(&template, &version, Some(room_id))?;
+        if leave.membership().as_deref() != Some("leave") || leave.room_id != room_id {
+            return Err(Error::bad_json(
+                "The leave template is not a leave of this room",
+            ));
+        }
+        let body = serde_json::to_value(&template)
+            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+        self.federation()
+            .send_leave(server, room_id, &leave.event_id, body)
+            .await
+            .map_err(remote)?;
+        self.store()
+            .store_remote_membership(&version, &leave, "[]")
+            .await?;
+        self.notifier().notify(&[&me.user_id]);
+        Ok(())
     }
 
     /// Stripped state for an invitee: the room's name, create event, join rules and the like,

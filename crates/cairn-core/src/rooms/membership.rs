@@ -111,6 +111,21 @@ impl Homeserver {
         {
             return Err(self.not_in_room(room_id).await?);
         }
+        // Invited to a room this server is not in: decline through the inviting server.
+        let resident = self
+            .store()
+            .members_with(room_id, "join")
+            .await?
+            .iter()
+            .any(|u| self.is_local(u));
+        let mine = [("m.room.member".to_owned(), me.user_id.to_string())];
+        if !resident
+            && let Some(invite) = self.store().state_events(room_id, &mine).await?.pop()
+            && invite.membership().as_deref() == Some("invite")
+            && !self.is_local(&invite.sender)
+        {
+            return self.decline_remote_invite(me, room_id, &invite).await;
+        }
         self.change_membership(
             me,
             room_id,

@@ -33,6 +33,32 @@ impl Homeserver {
         user_id: &UserId,
         supported_versions: &[String],
     ) -> Result<Value> {
+        self.membership_template(origin, room_id, user_id, "join", Some(supported_versions))
+            .await
+    }
+
+    /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`: a leave event for `user_id`
+    /// (a member or an invitee declining) to sign.
+    pub async fn make_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+    ) -> Result<Value> {
+        self.membership_template(origin, room_id, user_id, "leave", None)
+            .await
+    }
+
+    /// An unsigned membership event of `user_id`, if `origin` may speak for that user, supports
+    /// the room's version (when it says which it supports), and the change is allowed now.
+    async fn membership_template(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        user_id: &UserId,
+        membership: &str,
+        supported_versions: Option<&[String]>,
+    ) -> Result<Value> {
         if user_id.server_name() != origin {
             return Err(Error::forbidden(
                 "The user does not belong to the requesting server",
@@ -40,7 +66,9 @@ impl Homeserver {
         }
         let version = self.resident_room_version(room_id).await?;
         // Without `ver`, a server supports only version 1 (the spec's default).
-        if !supported_versions.iter().any(|v| v == version.as_str()) {
+        if let Some(supported) = supported_versions
+            && !supported.iter().any(|v| v == version.as_str())
+        {
             return Err(Error::new(
                 ErrorKind::IncompatibleRoomVersion(version.to_string()),
                 format!("Your server does not support room version {version}"),
@@ -50,7 +78,7 @@ impl Homeserver {
         let draft = EventDraft::state(
             "m.room.member",
             user_id.as_str(),
-            json!({ "membership": "join" }),
+            json!({ "membership": membership }),
         );
         let (extremities, depth) = self.store().forward_extremities(room_id).await?;
         let kind = TimelineEventType::RoomMember;
@@ -84,7 +112,7 @@ impl Homeserver {
             now_ms: self.now_ms(),
         };
         let template = pdu::unsigned_event(&draft, &placement)?;
-        // Would the join be allowed? Check the unsigned event as it stands.
+        // Would the change be allowed? Check the unsigned event as it stands.
         let as_pdu = pdu::from_signed(&template, &version, Some(room_id))?;
         check_auth(&rules, &as_pdu, &auth_state)?;
         Ok(json!({ "room_version": version, "event": template }))
@@ -101,18 +129,9 @@ impl Homeserver {
         event: CanonicalJsonObject,
     ) -> Result<Value> {
         let version = self.resident_room_version(room_id).await?;
-        let pdu = self.verified_pdu(&event, &version, room_id).await?;
-        if pdu.event_id != event_id {
-            return Err(Error::bad_json("The event ID does not match the event"));
-        }
-        let is_join = pdu.kind == TimelineEventType::RoomMember
-            && pdu.membership().as_deref() == Some("join")
-            && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
-        if !is_join || pdu.sender.server_name() != origin {
-            return Err(Error::bad_json(
-                "Not a join of a user of the sending server",
-            ));
-        }
+        let pdu = self
+            .membership_event(origin, room_id, event_id, &event, &version, "join")
+            .await?;
         let state: Vec<Pdu> = self
             .store()
             .current_state(room_id)
@@ -130,6 +149,48 @@ impl Homeserver {
             "auth_chain": auth_chain.iter().map(as_json).collect::<Vec<_>>(),
             "event": as_json(&pdu),
         }))
+    }
+
+    /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`: accepts `origin`'s signed
+    /// leave, appends it and sends it to the room's other servers.
+    pub async fn send_leave(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        event: CanonicalJsonObject,
+    ) -> Result<Value> {
+        let version = self.resident_room_version(room_id).await?;
+        let pdu = self
+            .membership_event(origin, room_id, event_id, &event, &version, "leave")
+            .await?;
+        self.append_remote(&pdu, &version, Some(origin)).await?;
+        Ok(json!({}))
+    }
+
+    /// A verified membership event of the sending server's user about themselves.
+    async fn membership_event(
+        &self,
+        origin: &ServerName,
+        room_id: &RoomId,
+        event_id: &ruma::EventId,
+        event: &CanonicalJsonObject,
+        version: &RoomVersionId,
+        membership: &str,
+    ) -> Result<Pdu> {
+        let pdu = self.verified_pdu(event, version, room_id).await?;
+        if pdu.event_id != event_id {
+            return Err(Error::bad_json("The event ID does not match the event"));
+        }
+        let own = pdu.kind == TimelineEventType::RoomMember
+            && pdu.membership().as_deref() == Some(membership)
+            && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
+        if !own || pdu.sender.server_name() != origin {
+            return Err(Error::bad_json(format!(
+                "Not a {membership} of a user of the sending server"
+            )));
+        }
+        Ok(pdu)
     }
 
     /// A PDU from a transaction: checked and appended. Returns its event ID (if it could be

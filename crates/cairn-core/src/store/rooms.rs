@@ -87,10 +87,11 @@ pub trait RoomStore: Send + Sync {
         auth_chain: &[Pdu],
         join: &NewEvent,
     ) -> StoreResult<u64>;
-    /// Records an invite of a local user to a room on another server: the room's version, the
-    /// invite (an outlier whose membership is current for its target), and the stripped state
-    /// the inviting server sent (a JSON array). Returns the invite's stream position.
-    async fn store_remote_invite(
+    /// Records a membership event of a local user in a room this server is not in (an invite
+    /// received, or the leave that declines it): the room's version, the event (an outlier
+    /// whose membership becomes current for its target), and the stripped state to show with
+    /// an invite (a JSON array). Returns the event's stream position.
+    async fn store_remote_membership(
         &self,
         version: &RoomVersionId,
         invite: &Pdu,

@@ -711,3 +711,49 @@ async fn events_are_served_only_to_servers_in_their_room() {
     assert!(refused.to_string().contains("403"), "{refused}");
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn an_invite_from_another_server_can_be_declined() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let room_id = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "private_chat", "invite": [bob.user_id] }),
+        )
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    sync_until(&b, &bob, |sync| {
+        sync["rooms"]["invite"].get(&room_id).cloned()
+    })
+    .await;
+    b.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+    let member = a
+        .get(
+            &format!(
+                "/_matrix/client/v3/rooms/{}/state/m.room.member/{}",
+                enc(&room_id),
+                enc(&bob.user_id)
+            ),
+            Some(&alice.token),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        member["membership"], "leave",
+        "the inviting server saw the decline"
+    );
+    fed.stop().await;
+}
