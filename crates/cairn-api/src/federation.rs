@@ -49,6 +49,11 @@ pub(crate) fn router() -> Router<AppState> {
             put(invite),
         )
         .route("/_matrix/federation/v1/event/{event_id}", get(event))
+        .route("/_matrix/federation/v1/query/profile", get(query_profile))
+        .route(
+            "/_matrix/federation/v1/query/directory",
+            get(query_directory),
+        )
         .route(
             "/_matrix/federation/v1/make_leave/{room_id}/{user_id}",
             get(make_leave),
@@ -253,4 +258,24 @@ async fn send_leave(
             .send_leave(&req.origin, &room_id, &event_id, req.body)
             .await?,
     ))
+}
+
+async fn query_profile(State(state): State<AppState>, _: SignedBy, parts: Parts) -> Answer {
+    let user_id = crate::extract::query_param(&parts, "user_id")
+        .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing user_id"))?;
+    let user_id = user_id_param(&user_id)?;
+    let field = crate::extract::query_param(&parts, "field");
+    Ok(Json(
+        state
+            .hs
+            .federation_query_profile(&user_id, field.as_deref())
+            .await?,
+    ))
+}
+
+async fn query_directory(State(state): State<AppState>, _: SignedBy, parts: Parts) -> Answer {
+    let alias = crate::extract::query_param(&parts, "room_alias")
+        .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing room_alias"))?;
+    let alias = cairn_core::Homeserver::parse_alias(&alias)?;
+    Ok(Json(state.hs.federation_query_directory(&alias).await?))
 }

@@ -28,6 +28,32 @@ impl Homeserver {
             .ok_or_else(|| Error::not_found("Profile not found"))
     }
 
+    /// `GET /_matrix/federation/v1/query/profile`: a local user's profile, or one `field` of it
+    /// (`displayname` or `avatar_url`); 404 for an unknown user, 400 for another field.
+    pub async fn federation_query_profile(
+        &self,
+        user_id: &UserId,
+        field: Option<&str>,
+    ) -> Result<serde_json::Value> {
+        let profile = self.profile(user_id).await?;
+        let mut answer = serde_json::Map::new();
+        let wanted = |name: &str| field.is_none_or(|f| f == name);
+        if !matches!(field, None | Some("displayname") | Some("avatar_url")) {
+            return Err(Error::invalid_param("Unknown profile field"));
+        }
+        if wanted("displayname")
+            && let Some(name) = profile.displayname
+        {
+            answer.insert("displayname".into(), name.into());
+        }
+        if wanted("avatar_url")
+            && let Some(url) = profile.avatar_url
+        {
+            answer.insert("avatar_url".into(), url.into());
+        }
+        Ok(answer.into())
+    }
+
     /// Sets the requester's own display name.
     pub async fn set_displayname(
         &self,

@@ -286,6 +286,26 @@ impl Homeserver {
         Ok(())
     }
 
+    /// `GET /_matrix/federation/v1/query/directory`: the room a local alias names and the
+    /// servers in it (this one first).
+    pub async fn federation_query_directory(
+        &self,
+        alias: &RoomAliasId,
+    ) -> Result<serde_json::Value> {
+        if alias.server_name() != self.config().server_name {
+            return Err(Error::not_found("Room alias not found"));
+        }
+        let (room_id, _) = self.resolve_alias(alias).await?;
+        let mut servers = vec![self.config().server_name.to_string()];
+        for member in self.store().members_with(&room_id, "join").await? {
+            let server = member.server_name().to_string();
+            if !servers.contains(&server) {
+                servers.push(server);
+            }
+        }
+        Ok(serde_json::json!({ "room_id": room_id, "servers": servers }))
+    }
+
     /// The alias as an owned ID (helper for callers holding strings).
     pub fn parse_alias(raw: &str) -> Result<OwnedRoomAliasId> {
         RoomAliasId::parse(raw).map_err(|_| Error::invalid_param("Invalid room alias"))

@@ -757,3 +757,63 @@ async fn an_invite_from_another_server_can_be_declined() {
     );
     fed.stop().await;
 }
+
+#[tokio::test]
+async fn profile_and_directory_queries_are_answered_for_local_users_and_aliases() {
+    let fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let a = fed.client(0);
+    let alice = a.register("alice", "pw").await;
+    a.put(
+        &format!(
+            "/_matrix/client/v3/profile/{}/displayname",
+            enc(&alice.user_id)
+        ),
+        Some(&alice.token),
+        json!({ "displayname": "Alice A" }),
+    )
+    .await
+    .ok();
+    let room_id = a
+        .post(
+            "/_matrix/client/v3/createRoom",
+            Some(&alice.token),
+            json!({ "preset": "public_chat", "room_alias_name": "lobby" }),
+        )
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = fed.servers[1].as_ref().unwrap();
+    let ask =
+        |path: String| async move { b.send_federation("a.test", "GET", &path, Value::Null).await };
+    let profile = ask(format!(
+        "/_matrix/federation/v1/query/profile?user_id={}",
+        enc(&alice.user_id)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(profile, json!({ "displayname": "Alice A" }));
+    let name_only = ask(format!(
+        "/_matrix/federation/v1/query/profile?user_id={}&field=avatar_url",
+        enc(&alice.user_id)
+    ))
+    .await
+    .unwrap();
+    assert_eq!(name_only, json!({}));
+    let unknown = ask("/_matrix/federation/v1/query/profile?user_id=%40nobody%3Aa.test".into())
+        .await
+        .unwrap_err();
+    assert!(unknown.to_string().contains("404"), "{unknown}");
+    let directory = ask(format!(
+        "/_matrix/federation/v1/query/directory?room_alias={}",
+        enc("#lobby:a.test")
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        directory,
+        json!({ "room_id": room_id, "servers": ["a.test"] })
+    );
+    fed.stop().await;
+}
