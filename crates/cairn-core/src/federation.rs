@@ -78,6 +78,13 @@ pub trait Federation: Send + Sync {
         event: Value,
     ) -> Result<Value, RemoteError>;
 
+    /// `GET /_matrix/federation/v1/query/profile?user_id=...`.
+    async fn query_profile(
+        &self,
+        destination: &ServerName,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError>;
+
     /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
     async fn make_leave(
         &self,
@@ -176,6 +183,10 @@ impl Federation for NoFederation {
         _: &ruma::RoomId,
         _: &ruma::UserId,
     ) -> Result<Value, RemoteError> {
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
+    async fn query_profile(&self, _: &ServerName, _: &ruma::UserId) -> Result<Value, RemoteError> {
         Err(RemoteError::Unreachable("federation is disabled".into()))
     }
 

@@ -16,11 +16,25 @@ pub const MAX_AVATAR_URL_CHARS: usize = 1000;
 const SERVER_MANAGED_ACCOUNT_DATA: [&str; 2] = ["m.fully_read", "m.push_rules"];
 
 impl Homeserver {
-    /// The profile of a local user, `M_NOT_FOUND` for an unknown one.
+    /// A user's profile, `M_NOT_FOUND` for an unknown one; a remote user's is asked of their
+    /// server (404 also when that server cannot say).
     pub async fn profile(&self, user_id: &UserId) -> Result<Profile> {
         if user_id.server_name() != self.config().server_name {
-            // Remote profiles need federation (`/query/profile`), which is not wired yet.
-            return Err(Error::not_found("Profile not found"));
+            let answer = self
+                .federation()
+                .query_profile(user_id.server_name(), user_id)
+                .await
+                .map_err(|e| Error::not_found(format!("Profile not found: {e}")))?;
+            let text = |field: &str| {
+                answer
+                    .get(field)
+                    .and_then(|v| v.as_str())
+                    .map(str::to_owned)
+            };
+            return Ok(Profile {
+                displayname: text("displayname"),
+                avatar_url: text("avatar_url"),
+            });
         }
         self.store()
             .profile(user_id)
@@ -35,6 +49,10 @@ impl Homeserver {
         user_id: &UserId,
         field: Option<&str>,
     ) -> Result<serde_json::Value> {
+        // Only our own users: never relay a look-up to a third server.
+        if !self.is_local(user_id) {
+            return Err(Error::not_found("Profile not found"));
+        }
         let profile = self.profile(user_id).await?;
         let mut answer = serde_json::Map::new();
         let wanted = |name: &str| field.is_none_or(|f| f == name);

@@ -10,6 +10,9 @@ use serde_json::Value;
 
 use crate::{FederationClient, KeyRing};
 
+/// How long a profile look-up may take.
+const PROFILE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a join's requests may take (a large room's state is a big answer).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -113,6 +116,26 @@ impl Federation for Transport {
                 &path,
                 Some(event),
                 JOIN_TIMEOUT,
+            )
+            .await
+    }
+
+    async fn query_profile(
+        &self,
+        destination: &ServerName,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v1/query/profile?user_id={}",
+            encode(user_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::GET,
+                &path,
+                None,
+                PROFILE_TIMEOUT,
             )
             .await
     }

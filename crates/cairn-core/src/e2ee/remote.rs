@@ -261,6 +261,14 @@ mod tests {
             Err(RemoteError::Unreachable("not scripted".into()))
         }
 
+        async fn query_profile(
+            &self,
+            _: &ServerName,
+            _: &ruma::UserId,
+        ) -> Result<Value, RemoteError> {
+            Err(RemoteError::Unreachable("not scripted".into()))
+        }
+
         async fn send_leave(
             &self,
             _: &ServerName,

@@ -815,5 +815,22 @@ async fn profile_and_directory_queries_are_answered_for_local_users_and_aliases(
         directory,
         json!({ "room_id": room_id, "servers": ["a.test"] })
     );
+    // A third server's user is never looked up on its behalf.
+    let relayed = ask("/_matrix/federation/v1/query/profile?user_id=%40x%3Ab.test".into())
+        .await
+        .unwrap_err();
+    assert!(relayed.to_string().contains("404"), "{relayed}");
+
+    // A client of b.test sees alice's profile through her server.
+    let b_client = fed.client(1);
+    let bob = b_client.register("bob", "pw").await;
+    let seen = b_client
+        .get(
+            &format!("/_matrix/client/v3/profile/{}", enc(&alice.user_id)),
+            Some(&bob.token),
+        )
+        .await
+        .ok();
+    assert_eq!(seen["displayname"], "Alice A");
     fed.stop().await;
 }
