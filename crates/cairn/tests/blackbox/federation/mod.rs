@@ -1,0 +1,165 @@
+//! Federation between Cairn servers started in this test process on loopback ports, each with
+//! a static route to the others (no discovery) and TLS verification off (self-signed
+//! certificates). This module is the kit; `transport` tests signing, keys, to-device and the
+//! queue, `rooms` tests rooms, invites and queries across servers.
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+use cairn::config::Config;
+use cairn::serve::{RunningServer, start_on};
+use serde_json::{Value, json};
+use tempfile::TempDir;
+
+use crate::harness::{Client, Session};
+
+/// Servers that know each other's federation addresses.
+struct Federation {
+    servers: Vec<Option<RunningServer>>,
+    configs: Vec<Config>,
+    addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    _dirs: Vec<TempDir>,
+}
+
+impl Federation {
+    /// Starts one server per name. `unreachable` names are routed to a closed port. Backoff is
+    /// short: 100 ms after the first failure, at most 1 s.
+    async fn start(names: &[&str], unreachable: &[&str]) -> Self {
+        let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
+        let listeners: Vec<_> = names.iter().map(|_| (bind(), bind())).collect();
+        let mut routes: BTreeMap<String, String> = names
+            .iter()
+            .zip(&listeners)
+            .map(|(name, (_, fed))| (name.to_string(), fed.local_addr().unwrap().to_string()))
+            .collect();
+        for name in unreachable {
+            let closed = bind().local_addr().unwrap().to_string();
+            routes.insert(name.to_string(), closed);
+        }
+        let mut fed = Self {
+            servers: Vec::new(),
+            configs: Vec::new(),
+            addrs: Vec::new(),
+            _dirs: Vec::new(),
+        };
+        for (name, (client, federation)) in names.iter().zip(listeners) {
+            let dir = tempfile::tempdir().unwrap();
+            let mut config = Config {
+                server_name: name.to_string(),
+                data_dir: dir.path().to_owned(),
+                ..Config::default()
+            };
+            config.registration.open = true;
+            config.metrics.enabled = false;
+            config.federation.verify_tls = false;
+            config.federation.static_routes = routes.clone();
+            config.federation.backoff_min_ms = 100;
+            config.federation.backoff_max_ms = 1_000;
+            fed.addrs.push((
+                client.local_addr().unwrap(),
+                federation.local_addr().unwrap(),
+            ));
+            fed.servers
+                .push(Some(start_on(&config, client, federation).await.unwrap()));
+            fed.configs.push(config);
+            fed._dirs.push(dir);
+        }
+        fed
+    }
+
+    fn client(&self, i: usize) -> Client {
+        Client::at(format!("http://{}", self.addrs[i].0))
+    }
+
+    fn federation_base(&self, i: usize) -> String {
+        format!("https://{}", self.addrs[i].1)
+    }
+
+    /// Stops server `i` (its ports are refused until it restarts).
+    async fn stop_server(&mut self, i: usize) {
+        if let Some(server) = self.servers[i].take() {
+            server.stop().await.unwrap();
+        }
+    }
+
+    /// Starts server `i` again on its ports and data.
+    async fn restart_server(&mut self, i: usize) {
+        let client = TcpListener::bind(self.addrs[i].0).unwrap();
+        let federation = TcpListener::bind(self.addrs[i].1).unwrap();
+        let server = start_on(&self.configs[i], client, federation)
+            .await
+            .unwrap();
+        self.servers[i] = Some(server);
+    }
+
+    async fn stop(mut self) {
+        for i in 0..self.servers.len() {
+            self.stop_server(i).await;
+        }
+    }
+}
+
+/// Syncs as `session` until `found` picks something out of a response, or 10 s pass.
+async fn sync_until<T>(
+    client: &Client,
+    session: &Session,
+    mut found: impl FnMut(&Value) -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut since: Option<String> = None;
+    loop {
+        assert!(Instant::now() < deadline, "not seen within 10 s");
+        let path = match &since {
+            Some(since) => format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
+            None => "/_matrix/client/v3/sync?timeout=0".to_owned(),
+        };
+        let res = client.get(&path, Some(&session.token)).await.ok();
+        if let Some(value) = found(&res) {
+            return value;
+        }
+        since = res["next_batch"].as_str().map(str::to_owned);
+    }
+}
+
+fn to_device_bodies(sync: &Value) -> Vec<Value> {
+    sync["to_device"]["events"]
+        .as_array()
+        .map(|events| events.iter().map(|e| e["content"].clone()).collect())
+        .unwrap_or_default()
+}
+
+fn device_keys(s: &Session) -> Value {
+    json!({
+        "user_id": s.user_id, "device_id": s.device_id,
+        "algorithms": ["m.olm.v1.curve25519-aes-sha2", "m.megolm.v1.aes-sha2"],
+        "keys": { format!("curve25519:{}", s.device_id): "c", format!("ed25519:{}", s.device_id): "e" },
+        "signatures": {},
+    })
+}
+
+/// Creates a room as `session` with the `createRoom` body `body`; returns its ID.
+async fn create_room(client: &Client, session: &Session, body: Value) -> String {
+    client
+        .post("/_matrix/client/v3/createRoom", Some(&session.token), body)
+        .await
+        .ok()["room_id"]
+        .as_str()
+        .expect("createRoom answers a room_id")
+        .to_owned()
+}
+
+/// Waits until `session` sees a message with `body` in `room_id`'s timeline.
+async fn see_message(client: &Client, session: &Session, room_id: &str, body: &str) {
+    sync_until(client, session, |sync| {
+        let events = sync["rooms"]["join"][room_id]["timeline"]["events"].as_array()?;
+        events
+            .iter()
+            .any(|e| e["content"]["body"] == body)
+            .then_some(())
+    })
+    .await
+}
+
+mod rooms;
+mod transport;
