@@ -9,6 +9,7 @@ use serde_json::value::RawValue;
 use sqlx::any::AnyRow;
 use sqlx::{AssertSqlSafe, Row};
 
+use crate::params::Params;
 use crate::{
     Backend, SqlStore, backend_err, from_ms, ms, next_position, record_device_list_change,
 };
@@ -30,43 +31,6 @@ fn uploaded_key(row: &AnyRow) -> StoreResult<UploadedKey> {
         key_id: get(row, "key_id")?,
         key: raw_json(get(row, "key_json")?)?,
     })
-}
-
-/// Writes a statement's parameters in the form each backend handles best. PostgreSQL needs
-/// `$1, $2, ...`. On SQLite every parameter is an anonymous `?`, bound in the order written:
-/// sqlx finds a named parameter's argument by asking SQLite for its name, a linear scan of the
-/// statement's names, which made binding a 50-key upload quadratic (9% of the writer's time).
-/// Every parameter of a statement must come from one `Params`, in binding order.
-struct Params {
-    numbered: bool,
-    next: usize,
-}
-
-impl Params {
-    fn new(backend: Backend) -> Self {
-        Self {
-            numbered: backend == Backend::Postgres,
-            next: 1,
-        }
-    }
-
-    /// The next parameter.
-    fn one(&mut self) -> String {
-        if self.numbered {
-            self.next += 1;
-            format!("${}", self.next - 1)
-        } else {
-            "?".to_owned()
-        }
-    }
-
-    /// The next `count` parameters, comma-separated.
-    fn many(&mut self, count: usize) -> String {
-        (0..count)
-            .map(|_| self.one())
-            .collect::<Vec<_>>()
-            .join(", ")
-    }
 }
 
 fn parse_user(raw: String) -> StoreResult<OwnedUserId> {

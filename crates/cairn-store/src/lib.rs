@@ -16,6 +16,7 @@ mod e2ee;
 mod federation;
 mod group_commit;
 mod migrate;
+mod params;
 mod rooms;
 mod server_keys;
 mod user_data;
