@@ -16,6 +16,15 @@ const PROFILE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a join's requests may take (a large room's state is a big answer).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `/_matrix/federation/{endpoint}/{room}/{second}`, both segments percent-encoded.
+fn room_path(endpoint: &str, room: &str, second: &str) -> String {
+    format!(
+        "/_matrix/federation/{endpoint}/{}/{}",
+        encode(room),
+        encode(second)
+    )
+}
+
 /// Percent-encodes a path segment (IDs hold `!`, `$`, `@`, `:`).
 fn encode(segment: &str) -> String {
     segment
@@ -83,11 +92,7 @@ impl Federation for Transport {
         user_id: &ruma::UserId,
         versions: &[&str],
     ) -> Result<Value, RemoteError> {
-        let mut path = format!(
-            "/_matrix/federation/v1/make_join/{}/{}",
-            encode(room_id.as_str()),
-            encode(user_id.as_str())
-        );
+        let mut path = room_path("v1/make_join", room_id.as_str(), user_id.as_str());
         for (i, version) in versions.iter().enumerate() {
             path.push(if i == 0 { '?' } else { '&' });
             path.push_str(&format!("ver={}", encode(version)));
@@ -104,11 +109,7 @@ impl Federation for Transport {
         event_id: &ruma::EventId,
         event: Value,
     ) -> Result<Value, RemoteError> {
-        let path = format!(
-            "/_matrix/federation/v2/send_join/{}/{}",
-            encode(room_id.as_str()),
-            encode(event_id.as_str())
-        );
+        let path = room_path("v2/send_join", room_id.as_str(), event_id.as_str());
         self.client
             .send(
                 destination,
@@ -146,11 +147,7 @@ impl Federation for Transport {
         room_id: &ruma::RoomId,
         user_id: &ruma::UserId,
     ) -> Result<Value, RemoteError> {
-        let path = format!(
-            "/_matrix/federation/v1/make_leave/{}/{}",
-            encode(room_id.as_str()),
-            encode(user_id.as_str())
-        );
+        let path = room_path("v1/make_leave", room_id.as_str(), user_id.as_str());
         self.client
             .send(destination, reqwest::Method::GET, &path, None, JOIN_TIMEOUT)
             .await
@@ -163,11 +160,7 @@ impl Federation for Transport {
         event_id: &ruma::EventId,
         event: Value,
     ) -> Result<Value, RemoteError> {
-        let path = format!(
-            "/_matrix/federation/v2/send_leave/{}/{}",
-            encode(room_id.as_str()),
-            encode(event_id.as_str())
-        );
+        let path = room_path("v2/send_leave", room_id.as_str(), event_id.as_str());
         self.client
             .send(
                 destination,
@@ -186,11 +179,7 @@ impl Federation for Transport {
         event_id: &ruma::EventId,
         body: Value,
     ) -> Result<Value, RemoteError> {
-        let path = format!(
-            "/_matrix/federation/v2/invite/{}/{}",
-            encode(room_id.as_str()),
-            encode(event_id.as_str())
-        );
+        let path = room_path("v2/invite", room_id.as_str(), event_id.as_str());
         self.client
             .send(
                 destination,
