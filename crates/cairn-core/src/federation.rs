@@ -85,6 +85,16 @@ pub trait Federation: Send + Sync {
         user_id: &ruma::UserId,
     ) -> Result<Value, RemoteError>;
 
+    /// `GET /_matrix/federation/v1/user/devices/{userId}`: the user's whole device list.
+    async fn user_devices(
+        &self,
+        destination: &ServerName,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, user_id);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
     /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
     async fn make_leave(
         &self,

@@ -40,31 +40,7 @@ pub struct Edu {
     pub content: Box<RawValue>,
 }
 
-/// The part of `m.device_list_update` and `m.signing_key_update` read so far: whose keys
-/// changed. Remote device lists are not cached yet; local clients are told to query again.
-#[derive(Debug, Deserialize)]
-struct KeysChanged {
-    user_id: ruma::OwnedUserId,
-}
-
 impl Homeserver {
-    /// `origin` says one of its users' device or cross-signing keys changed: local users who
-    /// share a room with that user see it in `device_lists.changed` and query the keys again.
-    /// Announcements about another server's users, or users no local user shares a room with,
-    /// are ignored.
-    async fn remote_keys_changed(&self, origin: &ServerName, user_id: &ruma::UserId) -> Result<()> {
-        if user_id.server_name() != origin {
-            tracing::warn!(%origin, %user_id, "key change announced for another server's user; ignored");
-            return Ok(());
-        }
-        let mates = self.store().room_mates(user_id).await?;
-        if !mates.iter().any(|u| self.is_local(u)) {
-            return Ok(());
-        }
-        self.store().mark_device_list_changed(user_id).await?;
-        self.notify_device_list_change(user_id).await
-    }
-
     /// Applies transaction `txn_id` from `origin` (already authenticated) and returns the
     /// answer, the same one every time the transaction is retransmitted.
     pub async fn receive_transaction(
@@ -119,11 +95,10 @@ impl Homeserver {
                     .map_err(|e| Error::bad_json(e.to_string()))?;
                 self.receive_direct_to_device(origin, content).await
             }
-            "m.device_list_update" | "m.signing_key_update" => {
-                let content: KeysChanged = serde_json::from_str(edu.content.get())
-                    .map_err(|e| Error::bad_json(e.to_string()))?;
-                self.remote_keys_changed(origin, &content.user_id).await
-            }
+            "m.device_list_update" => self.receive_device_list_update(origin, &edu.content).await,
+            // Synapse sends each cross-signing update twice, also as the unstable
+            // `org.matrix.signing_key_update`; the stable one is enough.
+            "m.signing_key_update" => self.receive_signing_key_update(origin, &edu.content).await,
             _ => Ok(()),
         }
     }

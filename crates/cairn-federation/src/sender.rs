@@ -4,18 +4,20 @@
 //! and otherwise when the earliest backoff ends. Each destination with items and no backoff gets
 //! a delivery task of its own, so a slow or dead server never delays the others. A delivery
 //! task holds the destination's lease in the store (several processes may share a database),
-//! sends up to 100 EDUs per transaction in queue order, deletes them once the destination has
-//! answered 200, and on failure records the next backoff and stops. The transaction ID names the
-//! exact range of queue positions it carries and when the first was queued, so a retry of the
-//! same items is recognisably the same transaction, and different items never reuse an ID.
+//! sends up to 50 PDUs and 100 EDUs per transaction in queue order, deletes them once the
+//! destination has answered 200, and on failure records the next backoff and stops. Device-list
+//! announcements owed to the destination fill the EDU slots the queue leaves; they are built
+//! when sent, from each device's current state. The transaction ID names the exact range of
+//! queue positions it carries, when the first was queued, and the announcements, so a retry of
+//! the same items is recognisably the same transaction, and different items never reuse an ID.
 
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use cairn_core::federation::{BackoffPolicy, RemoteError};
-use cairn_core::store::{Backoff, ItemKind, QueuedItem};
-use cairn_core::{Clock, Store};
+use cairn_core::store::{Backoff, DeviceUpdate, ItemKind, QueuedItem};
+use cairn_core::{Clock, Homeserver, Store};
 use rand::RngExt;
 use ruma::{OwnedServerName, ServerName};
 use serde_json::value::RawValue;
@@ -38,14 +40,15 @@ const IDLE_POLL: Duration = Duration::from_secs(30);
 /// killed while holding leases takes them back at once when it starts again.
 pub fn start(
     client: FederationClient,
-    store: Arc<dyn Store>,
+    hs: Homeserver,
     clock: Arc<dyn Clock>,
     policy: BackoffPolicy,
     instance: String,
 ) -> tokio::task::JoinHandle<()> {
     let sender = Arc::new(Sender {
         client,
-        store,
+        store: hs.store().clone(),
+        hs,
         clock,
         policy,
         holder: instance,
@@ -56,6 +59,8 @@ pub fn start(
 
 struct Sender {
     client: FederationClient,
+    /// Builds device-list EDUs.
+    hs: Homeserver,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     policy: BackoffPolicy,
@@ -138,14 +143,30 @@ impl Sender {
                 }
             }
             let items = match self.store.queued(destination, MAX_PDUS + MAX_EDUS).await {
-                Ok(items) if items.is_empty() => break,
                 Ok(items) => fill_transaction(items),
                 Err(err) => {
                     tracing::error!(%err, %destination, "cannot read the queue");
                     break;
                 }
             };
-            let (first, last) = (items[0].seq, items[items.len() - 1].seq);
+            let free = MAX_EDUS - items.iter().filter(|i| i.kind == ItemKind::Edu).count();
+            let updates = match self.store.pending_device_updates(destination, free).await {
+                Ok(updates) => updates,
+                Err(err) => {
+                    tracing::error!(%err, %destination, "cannot read device-list updates");
+                    break;
+                }
+            };
+            if items.is_empty() && updates.is_empty() {
+                break;
+            }
+            let device_edus = match self.hs.device_list_edus(&updates).await {
+                Ok(edus) => edus,
+                Err(err) => {
+                    tracing::error!(%err, %destination, "cannot build device-list updates");
+                    break;
+                }
+            };
             let of = |kind| -> Vec<&RawValue> {
                 items
                     .iter()
@@ -153,17 +174,21 @@ impl Sender {
                     .map(|i| &*i.json)
                     .collect()
             };
+            let device_edus: Vec<Box<RawValue>> = device_edus
+                .iter()
+                .filter_map(|edu| serde_json::value::to_raw_value(edu).ok())
+                .collect();
+            let mut edus = of(ItemKind::Edu);
+            edus.extend(device_edus.iter().map(|e| &**e));
             let body = serde_json::json!({
                 "origin": self.client.server_name(),
                 "origin_server_ts": now,
                 "pdus": of(ItemKind::Pdu),
-                "edus": of(ItemKind::Edu),
+                "edus": edus,
             });
-            // Stable across retries of these items; never reused, even by a database started
-            // afresh under the same server name (receivers remember transaction IDs).
             let path = format!(
-                "/_matrix/federation/v1/send/{}-{first}-{last}",
-                items[0].queued_ms
+                "/_matrix/federation/v1/send/{}",
+                transaction_id(&items, &updates, now)
             );
             let sent = self
                 .client
@@ -180,6 +205,14 @@ impl Sender {
                     let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
                     if let Err(err) = self.store.dequeue(destination, &seqs).await {
                         tracing::error!(%err, %destination, "cannot dequeue delivered items");
+                        break;
+                    }
+                    if let Err(err) = self
+                        .store
+                        .device_updates_delivered(destination, &updates)
+                        .await
+                    {
+                        tracing::error!(%err, %destination, "cannot record delivered updates");
                         break;
                     }
                     self.clear_backoff(destination).await;
@@ -221,6 +254,23 @@ impl Sender {
             tracing::error!(%err, %destination, "cannot clear the backoff");
         }
     }
+}
+
+/// A transaction's ID. With queue items it is stable across retries of the same items and never
+/// reused, even by a database started afresh under the same server name (receivers remember
+/// transaction IDs): the first item's queue time and the range of positions name them. The
+/// announcements add their newest position and count, which change whenever a newer change
+/// replaces one. Announcements alone are named by the attempt's time: they are idempotent, so a
+/// retry under a new ID is harmless.
+fn transaction_id(items: &[QueuedItem], updates: &[DeviceUpdate], now_ms: u64) -> String {
+    let mut id = match (items.first(), items.last()) {
+        (Some(first), Some(last)) => format!("{}-{}-{}", first.queued_ms, first.seq, last.seq),
+        _ => format!("{now_ms}"),
+    };
+    if let Some(newest) = updates.iter().map(|u| u.stream_id).max() {
+        id.push_str(&format!("-d{newest}-{}", updates.len()));
+    }
+    id
 }
 
 /// The longest prefix of the queue that fits one transaction: items keep their order, so the

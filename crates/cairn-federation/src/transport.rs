@@ -12,6 +12,8 @@ use crate::{FederationClient, KeyRing};
 
 /// How long a profile look-up may take.
 const PROFILE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a device-list fetch may take (Synapse allows 30 s).
+const DEVICES_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a join's requests may take (a large room's state is a big answer).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -137,6 +139,26 @@ impl Federation for Transport {
                 &path,
                 None,
                 PROFILE_TIMEOUT,
+            )
+            .await
+    }
+
+    async fn user_devices(
+        &self,
+        destination: &ServerName,
+        user_id: &ruma::UserId,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v1/user/devices/{}",
+            encode(user_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::GET,
+                &path,
+                None,
+                DEVICES_TIMEOUT,
             )
             .await
     }

@@ -56,7 +56,8 @@ async fn add_device_token(
     .await
     .map_err(backend_err)?;
     if created.rows_affected() > 0 {
-        record_device_list_change(tx, device.user_id.as_str()).await?;
+        record_device_list_change(tx, device.user_id.as_str(), &[device.device_id.as_str()])
+            .await?;
     }
     sqlx::query(
         "INSERT INTO access_tokens (token_hash, user_id, device_id, created_ms) VALUES ($1, $2, $3, $4)",
@@ -223,7 +224,8 @@ impl DeviceStore for SqlStore {
         if done.rows_affected() == 0 {
             return Ok(false);
         }
-        record_device_list_change(&mut tx, user_id.as_str()).await?;
+        // Names are not shown to other servers (Synapse's default), so they are owed nothing.
+        record_device_list_change(&mut tx, user_id.as_str(), &[]).await?;
         tx.commit().await.map_err(backend_err)?;
         Ok(true)
     }
@@ -234,7 +236,7 @@ impl DeviceStore for SqlStore {
         device_ids: &[OwnedDeviceId],
     ) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let mut removed = 0;
+        let mut removed: Vec<&str> = Vec::new();
         for device_id in device_ids {
             for table in DEVICE_TABLES {
                 let done = sqlx::query(sqlx::AssertSqlSafe(format!(
@@ -245,34 +247,37 @@ impl DeviceStore for SqlStore {
                 .execute(&mut *tx)
                 .await
                 .map_err(backend_err)?;
-                if table == "devices" {
-                    removed += done.rows_affected();
+                if table == "devices" && done.rows_affected() > 0 {
+                    removed.push(device_id.as_str());
                 }
             }
         }
-        if removed > 0 {
-            record_device_list_change(&mut tx, user_id.as_str()).await?;
+        if !removed.is_empty() {
+            record_device_list_change(&mut tx, user_id.as_str(), &removed).await?;
         }
         tx.commit().await.map_err(backend_err)
     }
 
     async fn delete_all_devices(&self, user_id: &UserId) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let mut removed = 0;
+        let removed: Vec<String> =
+            sqlx::query_scalar("SELECT device_id FROM devices WHERE user_id = $1")
+                .bind(user_id.as_str())
+                .fetch_all(&mut *tx)
+                .await
+                .map_err(backend_err)?;
         for table in DEVICE_TABLES {
-            let done = sqlx::query(sqlx::AssertSqlSafe(format!(
+            sqlx::query(sqlx::AssertSqlSafe(format!(
                 "DELETE FROM {table} WHERE user_id = $1"
             )))
             .bind(user_id.as_str())
             .execute(&mut *tx)
             .await
             .map_err(backend_err)?;
-            if table == "devices" {
-                removed += done.rows_affected();
-            }
         }
-        if removed > 0 {
-            record_device_list_change(&mut tx, user_id.as_str()).await?;
+        if !removed.is_empty() {
+            let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
+            record_device_list_change(&mut tx, user_id.as_str(), &removed).await?;
         }
         tx.commit().await.map_err(backend_err)
     }

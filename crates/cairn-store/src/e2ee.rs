@@ -325,7 +325,7 @@ impl SyncStore for SqlStore {
 
     async fn mark_device_list_changed(&self, user_id: &UserId) -> StoreResult<u64> {
         let mut tx = self.begin().await?;
-        let pos = record_device_list_change(&mut tx, user_id.as_str()).await?;
+        let pos = record_device_list_change(&mut tx, user_id.as_str(), &[]).await?;
         tx.commit().await.map_err(backend_err)?;
         Ok(pos)
     }
@@ -421,13 +421,15 @@ impl CrossSigningStore for SqlStore {
             .await
             .map_err(backend_err)?;
         }
-        record_device_list_change(&mut tx, user_id.as_str()).await?;
+        record_device_list_change(&mut tx, user_id.as_str(), &[CROSS_SIGNING_KEYS]).await?;
         tx.commit().await.map_err(backend_err)
     }
 
     async fn add_key_signatures(&self, signatures: &[KeySignature]) -> StoreResult<()> {
         let mut tx = self.begin().await?;
-        let mut targets: Vec<&str> = Vec::new();
+        // Other servers hear of signatures on a user's own keys: on a device's keys as a
+        // device-list update, on the master key as a cross-signing update.
+        let mut targets: Vec<(&str, Vec<String>)> = Vec::new();
         for sig in signatures {
             sqlx::query(
                 "INSERT INTO key_signatures (target_user, target_key, signer_user, signer_key_id, signature) \
@@ -442,12 +444,37 @@ impl CrossSigningStore for SqlStore {
             .execute(&mut *tx)
             .await
             .map_err(backend_err)?;
-            if !targets.contains(&sig.target_user.as_str()) {
-                targets.push(sig.target_user.as_str());
+            let announce = if sig.signer_user != sig.target_user {
+                None
+            } else if sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2")
+                .bind(sig.target_user.as_str())
+                .bind(&sig.target_key)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend_err)?
+                .is_some()
+            {
+                Some(sig.target_key.clone())
+            } else {
+                Some(CROSS_SIGNING_KEYS.to_owned())
+            };
+            let user = sig.target_user.as_str();
+            let at = match targets.iter().position(|(u, _)| *u == user) {
+                Some(at) => at,
+                None => {
+                    targets.push((user, Vec::new()));
+                    targets.len() - 1
+                }
+            };
+            if let Some(key) = announce
+                && !targets[at].1.contains(&key)
+            {
+                targets[at].1.push(key);
             }
         }
-        for user in targets {
-            record_device_list_change(&mut tx, user).await?;
+        for (user, announce) in targets {
+            let announce: Vec<&str> = announce.iter().map(String::as_str).collect();
+            record_device_list_change(&mut tx, user, &announce).await?;
         }
         tx.commit().await.map_err(backend_err)
     }
@@ -521,7 +548,7 @@ pub(crate) async fn write_keys_in(
         .execute(&mut *conn)
         .await
         .map_err(backend_err)?;
-        record_device_list_change(conn, user).await?;
+        record_device_list_change(conn, user, &[device]).await?;
     }
     // One statement per algorithm for all new one-time keys (chunks stay far below SQLite's
     // 32766 parameters). The count grows by the rows actually inserted; a trigger does the same

@@ -37,7 +37,8 @@ impl FederationStore for SqlStore {
     async fn destinations_with_items(&self) -> StoreResult<Vec<(OwnedServerName, Backoff)>> {
         let rows = sqlx::query(
             "SELECT q.destination, COALESCE(MAX(d.retry_after_ms), 0) AS retry_after_ms, \
-             COALESCE(MAX(d.interval_ms), 0) AS interval_ms FROM federation_queue q \
+             COALESCE(MAX(d.interval_ms), 0) AS interval_ms FROM \
+             (SELECT destination FROM federation_queue UNION SELECT destination FROM device_list_outbox) q \
              LEFT JOIN federation_destinations d ON d.destination = q.destination \
              GROUP BY q.destination ORDER BY q.destination",
         )

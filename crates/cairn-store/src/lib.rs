@@ -12,6 +12,7 @@
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
+mod device_lists;
 mod e2ee;
 mod federation;
 mod group_commit;
@@ -170,10 +171,14 @@ async fn next_position(tx: &mut sqlx::AnyConnection) -> StoreResult<u64> {
     Ok(from_ms(pos))
 }
 
-/// Records, at a new stream position, that `user_id`'s device list changed.
+/// Records, at a new stream position, that `user_id`'s device list changed and, for each of
+/// `announce` (device IDs, or `CROSS_SIGNING_KEYS`), an announcement at a position of its own
+/// owed to every other server sharing a room with the user (see
+/// `cairn_core::store::device_lists`). Returns the first position.
 async fn record_device_list_change(
     tx: &mut sqlx::AnyConnection,
     user_id: &str,
+    announce: &[&str],
 ) -> StoreResult<u64> {
     let pos = next_position(tx).await?;
     sqlx::query("INSERT INTO device_list_changes (stream_pos, user_id) VALUES ($1, $2)")
@@ -182,6 +187,10 @@ async fn record_device_list_change(
         .execute(&mut *tx)
         .await
         .map_err(backend_err)?;
+    for (i, device_id) in announce.iter().enumerate() {
+        let stream_id = if i == 0 { pos } else { next_position(tx).await? };
+        device_lists::owe_announcement(tx, None, user_id, device_id, stream_id).await?;
+    }
     Ok(pos)
 }
 

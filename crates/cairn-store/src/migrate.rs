@@ -55,6 +55,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/common/0009_remote_invites.sql"),
         include_str!("../migrations/common/0009_remote_invites.sql"),
     ),
+    (
+        10,
+        include_str!("../migrations/sqlite/0010_device_lists.sql"),
+        include_str!("../migrations/postgres/0010_device_lists.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

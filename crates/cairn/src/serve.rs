@@ -174,11 +174,22 @@ pub async fn start_on(
     } = homeserver(config).await?;
     let sender = cairn_federation::sender::start(
         federation_client.clone(),
-        Arc::new(store.clone()),
+        hs.clone(),
         Arc::new(SystemClock),
         backoff,
         instance_id(&config.data_dir)?,
     );
+    let resync = tokio::spawn({
+        let hs = hs.clone();
+        async move {
+            loop {
+                tokio::time::sleep(cairn_core::e2ee::remote_lists::RESYNC_INTERVAL).await;
+                if let Err(err) = hs.retry_stale_device_lists().await {
+                    tracing::warn!(%err, "cannot retry stale device lists");
+                }
+            }
+        }
+    });
     let tls_files = match (&config.tls.cert, &config.tls.key) {
         (Some(cert), Some(key)) => tls::TlsFiles {
             cert: cert.clone(),
@@ -250,6 +261,7 @@ pub async fn start_on(
         let (client, federation, ()) =
             tokio::join!(client.into_future(), federation, federation_stop);
         sender.abort();
+        resync.abort();
         client.context("client listener failed")?;
         federation.context("federation listener failed")?;
         store.close().await;

@@ -244,6 +244,14 @@ impl Homeserver {
         let mut remote: PerServer<Vec<OwnedDeviceId>> = BTreeMap::new();
         for (user_id, devices) in req.device_keys {
             if !self.is_local(&user_id) {
+                if let Some(list) = self.usable_device_list(&user_id).await? {
+                    add_cached_keys(&list, &devices, &mut response);
+                    continue;
+                }
+                if self.tracked_locally(&user_id).await? {
+                    // Cache the list, so that later queries and updates need no round trip.
+                    self.resync_soon(user_id.clone());
+                }
                 remote
                     .entry(user_id.server_name().to_owned())
                     .or_default()
@@ -375,6 +383,10 @@ impl Homeserver {
         let mates = self.store().room_mates(user_id).await?;
         let refs: Vec<&UserId> = mates.iter().map(|u| u.as_ref()).collect();
         self.notifier().notify(&refs);
+        if self.is_local(user_id) {
+            // Other servers sharing a room are owed an announcement now.
+            self.federation().wake_sender();
+        }
         Ok(())
     }
 
@@ -384,6 +396,48 @@ impl Homeserver {
 }
 
 /// The client's `timeout` for remote servers, else the default.
+/// Adds a remote user's cached device keys (all, or those in `devices`) and cross-signing keys
+/// to `response`, with each device's display name where its server gave one.
+fn add_cached_keys(
+    list: &crate::store::RemoteDeviceList,
+    devices: &[OwnedDeviceId],
+    response: &mut QueryResponse,
+) {
+    let mut found = BTreeMap::new();
+    for device in &list.devices {
+        let Ok(device) = serde_json::from_str::<Value>(device.get()) else {
+            continue;
+        };
+        let (Some(device_id), Some(Value::Object(keys))) =
+            (device["device_id"].as_str(), device.get("keys"))
+        else {
+            continue;
+        };
+        if !devices.is_empty() && !devices.iter().any(|d| d.as_str() == device_id) {
+            continue;
+        }
+        let mut keys = keys.clone();
+        if let Some(name) = device["device_display_name"].as_str() {
+            let unsigned = keys
+                .entry("unsigned")
+                .or_insert_with(|| Value::Object(Map::new()));
+            if let Value::Object(unsigned) = unsigned {
+                unsigned.insert("device_display_name".into(), name.into());
+            }
+        }
+        found.insert(OwnedDeviceId::from(device_id), Value::Object(keys));
+    }
+    response.device_keys.insert(list.user_id.clone(), found);
+    for (key, target) in [
+        (&list.master_key, &mut response.master_keys),
+        (&list.self_signing_key, &mut response.self_signing_keys),
+    ] {
+        if let Some(key) = key.as_ref().and_then(|k| serde_json::from_str(k.get()).ok()) {
+            target.insert(list.user_id.clone(), key);
+        }
+    }
+}
+
 fn remote_timeout(timeout_ms: Option<u64>) -> std::time::Duration {
     timeout_ms.map_or(
         super::remote::DEFAULT_REMOTE_TIMEOUT,

@@ -2,10 +2,12 @@
 //! messaging ([`to_device`]). The server never sees plaintext; it stores and hands out the
 //! JSON that clients upload, byte for byte, because clients verify signatures over it.
 
+pub mod announce;
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
 pub mod remote;
+pub mod remote_lists;
 pub mod served;
 pub mod to_device;
 

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::keys::{ClaimResponse, QueryResponse};
+use super::remote_lists::names;
 use crate::Homeserver;
 use crate::federation::{Federation, RemoteError};
 
@@ -62,7 +63,7 @@ impl Homeserver {
                             .filter(|(device, _)| {
                                 asked.is_empty() || asked.iter().any(|d| d.as_str() == *device)
                             })
-                            .filter(|(device, keys)| names(keys, user_id.as_str(), device))
+                            .filter(|(device, keys)| names(keys, user_id.as_str(), Some(device)))
                             .map(|(device, keys)| (device.as_str().into(), keys.clone()))
                             .collect()
                     })
@@ -164,15 +165,6 @@ impl Homeserver {
         }
         answers
     }
-}
-
-/// Device keys must say whose they are; a server may not answer with someone else's.
-fn names(keys: &Value, user_id: &str, device_id: &str) -> bool {
-    let keys: Option<&Map<String, Value>> = keys.as_object();
-    keys.is_some_and(|k| {
-        k.get("user_id").and_then(Value::as_str) == Some(user_id)
-            && k.get("device_id").and_then(Value::as_str) == Some(device_id)
-    })
 }
 
 #[cfg(test)]

@@ -72,7 +72,7 @@ impl KeyStore for MemoryStore {
             state
                 .device_keys
                 .insert(device.clone(), keys.get().to_owned());
-            state.advance(Some(&write.user_id));
+            state.device_list_changed(&write.user_id, &[write.device_id.as_str()]);
         }
         for k in &write.one_time_keys {
             state.next_otk += 1;
@@ -304,7 +304,7 @@ impl CrossSigningStore for MemoryStore {
                 .cross_signing
                 .insert((user_id.to_owned(), *usage), key.get().to_owned());
         }
-        state.advance(Some(user_id));
+        state.device_list_changed(user_id, &[CROSS_SIGNING_KEYS]);
         Ok(())
     }
 
@@ -318,7 +318,19 @@ impl CrossSigningStore for MemoryStore {
                     && s.signer_key_id == sig.signer_key_id)
             });
             state.key_signatures.push(sig.clone());
-            state.advance(Some(&sig.target_user));
+            // Other servers hear of signatures on a user's own keys: on a device's keys as a
+            // device-list update, on the master key as a cross-signing update.
+            let own = sig.signer_user == sig.target_user;
+            let device = ruma::OwnedDeviceId::from(sig.target_key.as_str());
+            let announce = if !own {
+                ""
+            } else if state.devices.contains_key(&(sig.target_user.clone(), device)) {
+                sig.target_key.as_str()
+            } else {
+                CROSS_SIGNING_KEYS
+            };
+            let announce: &[&str] = if own { &[announce] } else { &[] };
+            state.device_list_changed(&sig.target_user, announce);
         }
         Ok(())
     }

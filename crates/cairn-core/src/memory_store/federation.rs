@@ -38,14 +38,15 @@ impl FederationState {
 impl FederationStore for MemoryStore {
     async fn destinations_with_items(&self) -> StoreResult<Vec<(OwnedServerName, Backoff)>> {
         let state = self.state();
-        let mut out: Vec<(OwnedServerName, Backoff)> = Vec::new();
-        for (destination, _) in state.federation.queue.keys() {
-            if out.last().is_none_or(|(d, _)| d != destination) {
-                let backoff = state.federation.backoff.get(destination).copied();
-                out.push((destination.clone(), backoff.unwrap_or_default()));
-            }
-        }
-        Ok(out)
+        let mut destinations = state.device_list_destinations();
+        destinations.extend(state.federation.queue.keys().map(|(d, _)| d.clone()));
+        Ok(destinations
+            .into_iter()
+            .map(|d| {
+                let backoff = state.federation.backoff.get(&d).copied();
+                (d, backoff.unwrap_or_default())
+            })
+            .collect())
     }
 
     async fn lease_destination(

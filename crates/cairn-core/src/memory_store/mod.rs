@@ -12,6 +12,7 @@ use serde_json::value::RawValue;
 
 use crate::store::*;
 
+mod device_lists;
 mod e2ee;
 mod federation;
 mod rooms;
@@ -40,6 +41,7 @@ struct State {
     signing_key: Option<SigningKeyRecord>,
     remote_keys: BTreeMap<(String, String), RemoteKey>,
     pub(crate) federation: federation::FederationState,
+    device_lists: device_lists::DeviceListState,
 }
 
 /// The in-memory store.
@@ -96,7 +98,7 @@ fn add_device(state: &mut State, device: &NewDevice) {
             last_seen_ms: None,
             last_seen_ip: None,
         });
-        state.advance(Some(&device.user_id));
+        state.device_list_changed(&device.user_id, &[device.device_id.as_str()]);
     }
     state.tokens.insert(
         device.token_hash.clone(),
@@ -234,7 +236,8 @@ impl DeviceStore for MemoryStore {
             removed |= state.remove_device(user_id, device_id);
         }
         if removed {
-            state.advance(Some(user_id));
+            let ids: Vec<&str> = device_ids.iter().map(|d| d.as_str()).collect();
+            state.device_list_changed(user_id, &ids);
         }
         Ok(())
     }

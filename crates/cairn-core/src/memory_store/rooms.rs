@@ -57,6 +57,26 @@ impl Rooms {
             .is_some_and(|(m, _)| m == "join")
     }
 
+    /// Servers other than `user_id`'s with a member joined to a room `user_id` is joined to.
+    pub(super) fn servers_sharing(
+        &self,
+        user_id: &UserId,
+        except: Option<&RoomId>,
+    ) -> std::collections::BTreeSet<ruma::OwnedServerName> {
+        let rooms: Vec<OwnedRoomId> = self
+            .rooms_of(user_id)
+            .into_iter()
+            .filter(|r| Some(r.as_ref()) != except)
+            .collect();
+        self.memberships
+            .iter()
+            .filter(|((r, u), (m, _))| {
+                m == "join" && u.server_name() != user_id.server_name() && rooms.contains(r)
+            })
+            .map(|((_, u), _)| u.server_name().to_owned())
+            .collect()
+    }
+
     fn rooms_of(&self, user_id: &UserId) -> Vec<OwnedRoomId> {
         self.memberships
             .iter()
@@ -150,6 +170,9 @@ impl RoomStore for MemoryStore {
         }
         let pos = state.advance(None);
         state.federation.enqueue(&event.outbound);
+        for (server, user) in &event.announce {
+            state.announce_all(server, user);
+        }
         let rooms = &mut state.rooms;
         rooms.insert(pdu, pos);
         rooms.make_current(pdu, pos);
@@ -191,6 +214,9 @@ impl RoomStore for MemoryStore {
         }
         let pos = state.advance(None);
         state.federation.enqueue(&join.outbound);
+        for (server, user) in &join.announce {
+            state.announce_all(server, user);
+        }
         state.rooms.insert(&join.pdu, pos);
         state.rooms.make_current(&join.pdu, pos);
         state

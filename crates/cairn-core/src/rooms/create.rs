@@ -227,6 +227,7 @@ impl Homeserver {
     async fn store_create(&self, pdu: super::pdu::Pdu, version: &RoomVersionId) -> Result<()> {
         let event = NewEvent {
             outbound: Vec::new(),
+            announce: Vec::new(),
             pdu,
             expected_extremities: Vec::new(),
             txn: None,

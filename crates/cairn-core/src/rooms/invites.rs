@@ -87,6 +87,7 @@ impl Homeserver {
                 txn: None,
                 creates_room: None,
                 outbound,
+                announce: Vec::new(),
             };
             match self.store().append_event(&new).await? {
                 AppendOutcome::Appended(_) => {

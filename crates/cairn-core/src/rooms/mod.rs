@@ -69,17 +69,19 @@ impl Homeserver {
                 )
                 .await?;
             let outbound = self.outbound_pdu(&pdu).await?;
+            let announce = self.announcements(&pdu).await?;
             let event = NewEvent {
                 pdu,
                 expected_extremities: extremities,
                 txn: txn.map(|(me, id)| (me.user_id.clone(), me.device_id.clone(), id.to_owned())),
                 creates_room: None,
                 outbound,
+                announce,
             };
             match self.store().append_event(&event).await? {
                 AppendOutcome::Appended(_) => {
                     self.notify_room_event(&event.pdu).await?;
-                    if !event.outbound.is_empty() {
+                    if !event.outbound.is_empty() || !event.announce.is_empty() {
                         self.federation().wake_sender();
                     }
                     return Ok(event.pdu.event_id);

@@ -326,7 +326,13 @@ impl Homeserver {
             .cloned()
             .collect();
         check_auth(&rules, &join, &lookup)?;
+        let joined_before: Vec<ruma::OwnedUserId> = state
+            .iter()
+            .filter(|e| e.membership().as_deref() == Some("join"))
+            .filter_map(|e| e.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
+            .collect();
         let event = NewEvent {
+            announce: self.newly_sharing(&join, &joined_before).await?,
             pdu: join.clone(),
             expected_extremities: Vec::new(),
             txn: None,
@@ -337,6 +343,9 @@ impl Homeserver {
             .import_room(&version, &state, &auth_chain, &event)
             .await?;
         self.notify_room_event(&join).await?;
+        if !event.announce.is_empty() {
+            self.federation().wake_sender();
+        }
         Ok(())
     }
 
@@ -414,11 +423,12 @@ impl Homeserver {
                 txn: None,
                 creates_room: None,
                 outbound,
+                announce: self.announcements(pdu).await?,
             };
             match self.store().append_event(&event).await? {
                 AppendOutcome::Appended(_) => {
                     self.notify_room_event(pdu).await?;
-                    if !event.outbound.is_empty() {
+                    if !event.outbound.is_empty() || !event.announce.is_empty() {
                         self.federation().wake_sender();
                     }
                     return Ok(());

@@ -271,6 +271,7 @@ pub trait Store:
     + RoomStore
     + CrossSigningStore
     + FederationStore
+    + DeviceListStore
 {
 }
 
@@ -286,14 +287,17 @@ impl<T> Store for T where
         + RoomStore
         + CrossSigningStore
         + FederationStore
+        + DeviceListStore
 {
 }
 
 mod cross_signing;
+mod device_lists;
 mod e2ee;
 mod federation;
 mod rooms;
 pub use cross_signing::*;
+pub use device_lists::*;
 pub use e2ee::*;
 pub use federation::*;
 pub use rooms::*;

@@ -25,6 +25,10 @@ pub struct NewEvent {
     pub creates_room: Option<RoomVersionId>,
     /// The event for other servers in the room, queued in the same transaction.
     pub outbound: Vec<super::Outbound>,
+    /// `(server, local user)`: servers that start sharing a room with the user through this
+    /// event; each is owed an announcement of every one of the user's devices and its
+    /// cross-signing keys, recorded in the same transaction.
+    pub announce: Vec<(ruma::OwnedServerName, OwnedUserId)>,
 }
 
 /// What became of an append.

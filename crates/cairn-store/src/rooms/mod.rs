@@ -176,6 +176,7 @@ impl RoomStore for SqlStore {
         }
         let pos = next_position(&mut tx).await?;
         crate::federation::enqueue(&mut tx, &event.outbound).await?;
+        crate::device_lists::announce_all(&mut tx, &event.announce).await?;
         insert_event(&mut tx, pdu, pos, false).await?;
         make_current(&mut tx, pdu, pos).await?;
         for prev in &pdu.prev_events {
@@ -252,6 +253,7 @@ impl RoomStore for SqlStore {
             .map_err(backend_err)?;
         let pos = next_position(&mut tx).await?;
         crate::federation::enqueue(&mut tx, &join.outbound).await?;
+        crate::device_lists::announce_all(&mut tx, &join.announce).await?;
         insert_event(&mut tx, &join.pdu, pos, false).await?;
         make_current(&mut tx, &join.pdu, pos).await?;
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")

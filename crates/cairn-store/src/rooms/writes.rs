@@ -54,13 +54,14 @@ pub(super) async fn make_current(
     .map_err(backend_err)?;
     if let Some(membership) = pdu.membership() {
         sqlx::query(
-            "INSERT INTO memberships (room_id, user_id, membership, stream_pos) VALUES ($1, $2, $3, $4) \
+            "INSERT INTO memberships (room_id, user_id, membership, stream_pos, server_name) VALUES ($1, $2, $3, $4, $5) \
              ON CONFLICT (room_id, user_id) DO UPDATE SET membership = excluded.membership, stream_pos = excluded.stream_pos",
         )
         .bind(room)
         .bind(state_key)
         .bind(membership)
         .bind(ms(pos))
+        .bind(state_key.split_once(':').map_or("", |(_, server)| server))
         .execute(&mut *tx)
         .await
         .map_err(backend_err)?;

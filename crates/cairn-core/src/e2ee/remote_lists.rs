@@ -1,0 +1,278 @@
+//! Other servers' users' device lists, cached while a local user shares a room with them.
+//!
+//! A list is fetched whole with `GET /user/devices/{userId}` and then kept current by the
+//! `m.device_list_update` EDUs its server sends, applied in `stream_id` order. An EDU whose
+//! `prev_id` names a change this server never saw (a gap), or names none, makes the list stale:
+//! the EDU is still applied, so the newest state of that device is kept, and the whole list is
+//! fetched again at once, then every [`RESYNC_INTERVAL`] while the fetch fails (skipping servers
+//! in backoff). Queries for a user whose list is cached and not stale are answered from the
+//! cache; local users sharing a room see every change in `device_lists.changed`.
+
+use std::time::Duration;
+
+use ruma::{OwnedUserId, ServerName, UserId};
+use serde::Deserialize;
+use serde_json::value::{RawValue, to_raw_value};
+use serde_json::{Map, Value};
+
+use crate::Homeserver;
+use crate::error::{Error, ErrorKind, Result};
+use crate::store::RemoteDeviceList;
+
+/// How often stale lists are fetched again.
+pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// A fetched list with more devices than this is refused (Synapse's guard against abuse).
+const MAX_REMOTE_DEVICES: usize = 1000;
+
+/// The fields of `m.device_list_update` that order it; the rest is the device object.
+#[derive(Deserialize)]
+struct UpdateHead {
+    user_id: OwnedUserId,
+    device_id: String,
+    stream_id: u64,
+    #[serde(default)]
+    prev_id: Vec<u64>,
+    #[serde(default)]
+    deleted: bool,
+}
+
+/// `m.signing_key_update`.
+#[derive(Deserialize)]
+struct SigningKeyUpdate {
+    user_id: OwnedUserId,
+    #[serde(default)]
+    master_key: Option<Box<RawValue>>,
+    #[serde(default)]
+    self_signing_key: Option<Box<RawValue>>,
+}
+
+/// Whether `keys` is an object that names `user_id` and, when given, `device_id`.
+pub(crate) fn names(keys: &Value, user_id: &str, device_id: Option<&str>) -> bool {
+    keys.get("user_id").and_then(Value::as_str) == Some(user_id)
+        && device_id.is_none_or(|d| keys.get("device_id").and_then(Value::as_str) == Some(d))
+}
+
+fn bad(message: impl Into<String>) -> Error {
+    Error::bad_json(message)
+}
+
+impl Homeserver {
+    /// Whether some local user shares a room with `user_id` (the condition for caching).
+    pub(crate) async fn tracked_locally(&self, user_id: &UserId) -> Result<bool> {
+        let mates = self.store().room_mates(user_id).await?;
+        Ok(mates.iter().any(|u| self.is_local(u)))
+    }
+
+    /// Applies an `m.device_list_update` from `origin` (already authenticated).
+    pub(crate) async fn receive_device_list_update(
+        &self,
+        origin: &ServerName,
+        content: &RawValue,
+    ) -> Result<()> {
+        let mut device: Map<String, Value> =
+            serde_json::from_str(content.get()).map_err(|e| bad(e.to_string()))?;
+        let head: UpdateHead = serde_json::from_value(Value::Object(device.clone()))
+            .map_err(|e| bad(format!("Bad m.device_list_update: {e}")))?;
+        let user = &head.user_id;
+        if user.server_name() != origin {
+            tracing::warn!(%origin, %user, "device-list update for another server's user; ignored");
+            return Ok(());
+        }
+        if !self.tracked_locally(user).await? {
+            self.store().forget_remote_device_list(user).await?;
+            return Ok(());
+        }
+        if let Some(keys) = device.get("keys")
+            && !names(keys, user.as_str(), Some(&head.device_id))
+        {
+            return Err(bad("The device keys name another user or device"));
+        }
+        for field in ["user_id", "stream_id", "prev_id", "deleted"] {
+            device.remove(field);
+        }
+        let cached = self.store().remote_device_list(user).await?;
+        let (apply, in_order) = match &cached {
+            None => (true, false),
+            Some(list) => (
+                head.stream_id > list.stream_id,
+                !list.stale
+                    && !head.prev_id.is_empty()
+                    && head.prev_id.iter().all(|p| *p <= list.stream_id),
+            ),
+        };
+        if apply {
+            let content = (!head.deleted)
+                .then(|| to_raw_value(&device))
+                .transpose()
+                .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
+            self.store()
+                .apply_remote_device_update(
+                    user,
+                    &head.device_id,
+                    content.as_deref(),
+                    head.stream_id,
+                    !in_order,
+                )
+                .await?;
+            self.notify_device_list_change(user).await?;
+        }
+        if !in_order {
+            self.resync_soon(user.clone());
+        }
+        Ok(())
+    }
+
+    /// Applies an `m.signing_key_update` from `origin` (already authenticated).
+    pub(crate) async fn receive_signing_key_update(
+        &self,
+        origin: &ServerName,
+        content: &RawValue,
+    ) -> Result<()> {
+        let update: SigningKeyUpdate =
+            serde_json::from_str(content.get()).map_err(|e| bad(e.to_string()))?;
+        let user = &update.user_id;
+        if user.server_name() != origin {
+            tracing::warn!(%origin, %user, "cross-signing update for another server's user; ignored");
+            return Ok(());
+        }
+        if !self.tracked_locally(user).await? {
+            return Ok(());
+        }
+        for key in [&update.master_key, &update.self_signing_key]
+            .into_iter()
+            .flatten()
+        {
+            let key: Value = serde_json::from_str(key.get()).map_err(|e| bad(e.to_string()))?;
+            if !names(&key, user.as_str(), None) {
+                return Err(bad("The cross-signing key names another user"));
+            }
+        }
+        let stored = self
+            .store()
+            .set_remote_cross_signing_keys(
+                user,
+                update.master_key.as_deref(),
+                update.self_signing_key.as_deref(),
+            )
+            .await?;
+        if stored.is_none() {
+            // Not cached: local users still learn that they should query again.
+            self.store().mark_device_list_changed(user).await?;
+        }
+        self.notify_device_list_change(user).await
+    }
+
+    /// Fetches `user_id`'s list in the background.
+    pub(crate) fn resync_soon(&self, user_id: OwnedUserId) {
+        let hs = self.clone();
+        tokio::spawn(async move {
+            if let Err(err) = hs.resync_device_list(&user_id).await {
+                tracing::info!(%user_id, %err, "device list fetch failed; will retry");
+            }
+        });
+    }
+
+    /// Fetches a remote user's whole device list and replaces the cached one; on failure the
+    /// list is left stale, to be fetched again.
+    pub async fn resync_device_list(&self, user_id: &UserId) -> Result<()> {
+        let answer = self
+            .federation()
+            .user_devices(user_id.server_name(), user_id)
+            .await;
+        let list = answer
+            .map_err(|e| Error::new(ErrorKind::Unknown, e.to_string()))
+            .and_then(|answer| parse_device_list(user_id, &answer));
+        let list = match list {
+            Ok(list) => list,
+            Err(err) => {
+                self.store().mark_remote_device_list_stale(user_id).await?;
+                return Err(err);
+            }
+        };
+        self.store().replace_remote_device_list(&list).await?;
+        self.notify_device_list_change(user_id).await
+    }
+
+    /// Fetches every stale list again, except those of servers in backoff; drops lists no local
+    /// user needs any more. Run every [`RESYNC_INTERVAL`].
+    pub async fn retry_stale_device_lists(&self) -> Result<()> {
+        let now = self.now_ms();
+        for user_id in self.store().stale_remote_device_lists().await? {
+            if !self.tracked_locally(&user_id).await? {
+                self.store().forget_remote_device_list(&user_id).await?;
+                continue;
+            }
+            let backoff = self.store().backoff(user_id.server_name()).await?;
+            if backoff.retry_after_ms > now {
+                continue;
+            }
+            if let Err(err) = self.resync_device_list(&user_id).await {
+                tracing::info!(%user_id, %err, "device list fetch failed; will retry");
+            }
+        }
+        Ok(())
+    }
+
+    /// The cached list of `user_id` if it can answer a query: cached, not stale, and still
+    /// shared with a local user (a list nobody shares a room with any more is dropped).
+    pub(crate) async fn usable_device_list(
+        &self,
+        user_id: &UserId,
+    ) -> Result<Option<RemoteDeviceList>> {
+        let Some(list) = self.store().remote_device_list(user_id).await? else {
+            return Ok(None);
+        };
+        if !self.tracked_locally(user_id).await? {
+            self.store().forget_remote_device_list(user_id).await?;
+            return Ok(None);
+        }
+        Ok((!list.stale).then_some(list))
+    }
+}
+
+/// Checks a `GET /user/devices` answer: it is about `user_id`, each device's keys name the user
+/// and the device, and the cross-signing keys name the user (those that do not are left out).
+fn parse_device_list(user_id: &UserId, answer: &Value) -> Result<RemoteDeviceList> {
+    if answer["user_id"].as_str() != Some(user_id.as_str()) {
+        return Err(bad("The device list is about another user"));
+    }
+    let stream_id = answer["stream_id"]
+        .as_u64()
+        .ok_or_else(|| bad("The device list has no stream_id"))?;
+    let devices = answer["devices"]
+        .as_array()
+        .ok_or_else(|| bad("The device list has no devices"))?;
+    if devices.len() > MAX_REMOTE_DEVICES {
+        return Err(bad("The device list is too long"));
+    }
+    let raw = |v: &Value| to_raw_value(v).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()));
+    let mut kept = Vec::with_capacity(devices.len());
+    for device in devices {
+        let Some(device_id) = device["device_id"].as_str() else {
+            continue;
+        };
+        if device
+            .get("keys")
+            .is_some_and(|keys| !names(keys, user_id.as_str(), Some(device_id)))
+        {
+            continue;
+        }
+        kept.push(raw(device)?);
+    }
+    let key = |field: &str| -> Result<Option<Box<RawValue>>> {
+        let key = &answer[field];
+        if names(key, user_id.as_str(), None) {
+            Ok(Some(raw(key)?))
+        } else {
+            Ok(None)
+        }
+    };
+    Ok(RemoteDeviceList {
+        user_id: user_id.to_owned(),
+        stream_id,
+        stale: false,
+        devices: kept,
+        master_key: key("master_key")?,
+        self_signing_key: key("self_signing_key")?,
+    })
+}
