@@ -343,7 +343,8 @@ impl DeviceListStore for SqlStore {
         users
             .into_iter()
             .map(|u| {
-                UserId::parse(u).map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
+                UserId::parse(u)
+                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
             })
             .collect()
     }

@@ -188,7 +188,11 @@ async fn record_device_list_change(
         .await
         .map_err(backend_err)?;
     for (i, device_id) in announce.iter().enumerate() {
-        let stream_id = if i == 0 { pos } else { next_position(tx).await? };
+        let stream_id = if i == 0 {
+            pos
+        } else {
+            next_position(tx).await?
+        };
         device_lists::owe_announcement(tx, None, user_id, device_id, stream_id).await?;
     }
     Ok(pos)

@@ -119,7 +119,12 @@ impl Homeserver {
                 .and_then(|d| d.iter().find(|(id, _)| id.as_str() == update.device_id));
             match device {
                 Some((_, device_keys)) => content["keys"] = device_keys.clone(),
-                None if self.store().device(user, update.device_id.as_str().into()).await?.is_none() => {
+                None if self
+                    .store()
+                    .device(user, update.device_id.as_str().into())
+                    .await?
+                    .is_none() =>
+                {
                     content["deleted"] = true.into();
                 }
                 // A device that exists but has published no keys yet.
@@ -128,5 +133,75 @@ impl Homeserver {
             edus.push(json!({ "edu_type": "m.device_list_update", "content": content }));
         }
         Ok(edus)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::testing::{homeserver, user};
+
+    fn update(user_id: &UserId, device: &str, stream_id: u64, prev: Option<u64>) -> DeviceUpdate {
+        DeviceUpdate {
+            user_id: user_id.to_owned(),
+            device_id: device.to_owned(),
+            stream_id,
+            prev_sent: prev,
+        }
+    }
+
+    #[tokio::test]
+    async fn updates_chain_per_user_and_carry_current_keys_or_deletion() {
+        let (hs, _) = homeserver(true);
+        let alice = user(&hs, "alice", "PHONE").await;
+        let bob = user(&hs, "bob", "B").await;
+        let keys = json!({ "user_id": alice.user_id, "device_id": "PHONE", "algorithms": [],
+                           "keys": { "ed25519:PHONE": "k" }, "signatures": {} });
+        let req = serde_json::from_value(json!({ "device_keys": keys })).unwrap();
+        hs.upload_keys(&alice, req).await.unwrap();
+        let master =
+            json!({ "user_id": alice.user_id, "usage": ["master"], "keys": { "ed25519:M": "M" } });
+        let req = serde_json::from_value(json!({ "master_key": master })).unwrap();
+        hs.upload_device_signing(&alice, req).await.unwrap();
+
+        let (a, b) = (&alice.user_id, &bob.user_id);
+        let edus = hs
+            .device_list_edus(&[
+                update(a, "PHONE", 5, Some(3)),
+                update(b, "B", 6, None),
+                update(a, CROSS_SIGNING_KEYS, 7, Some(3)),
+                update(a, "GONE", 8, Some(3)),
+            ])
+            .await
+            .unwrap();
+        let content = |i: usize| &edus[i]["content"];
+        assert_eq!(edus[0]["edu_type"], "m.device_list_update");
+        assert_eq!(
+            content(0)["prev_id"],
+            json!([3]),
+            "what b.test acknowledged last"
+        );
+        assert_eq!(content(0)["stream_id"], 5);
+        assert_eq!(content(0)["keys"], keys);
+        assert_eq!(
+            content(1)["prev_id"],
+            json!([]),
+            "bob's first: the receiver fetches his list"
+        );
+        assert!(
+            content(1).get("keys").is_none(),
+            "a device without keys yet"
+        );
+        assert_eq!(edus[2]["edu_type"], "m.signing_key_update");
+        assert_eq!(content(2)["master_key"], master);
+        assert_eq!(
+            content(3)["prev_id"],
+            json!([5]),
+            "chained to the EDU before it"
+        );
+        assert_eq!(content(3)["deleted"], true);
+        assert!(content(3).get("keys").is_none());
     }
 }

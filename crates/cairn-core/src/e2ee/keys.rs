@@ -432,7 +432,10 @@ fn add_cached_keys(
         (&list.master_key, &mut response.master_keys),
         (&list.self_signing_key, &mut response.self_signing_keys),
     ] {
-        if let Some(key) = key.as_ref().and_then(|k| serde_json::from_str(k.get()).ok()) {
+        if let Some(key) = key
+            .as_ref()
+            .and_then(|k| serde_json::from_str(k.get()).ok())
+        {
             target.insert(list.user_id.clone(), key);
         }
     }

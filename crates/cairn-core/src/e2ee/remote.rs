@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use ruma::{OwnedDeviceId, OwnedServerName, OwnedUserId};
-use serde_json::value::RawValue;
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::keys::{ClaimResponse, QueryResponse};
 use super::remote_lists::names;

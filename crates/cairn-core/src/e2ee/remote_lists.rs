@@ -162,6 +162,29 @@ impl Homeserver {
         self.notify_device_list_change(user).await
     }
 
+    /// Fetches, one after another in the background, the lists of those of `users` (remote
+    /// users who just started sharing a room with a local user) that are not cached. Their
+    /// servers' announcements may have arrived before this server knew it shared the room, and
+    /// were then dropped.
+    pub(crate) fn fetch_device_lists_soon(&self, users: Vec<OwnedUserId>) {
+        let users: Vec<OwnedUserId> = users.into_iter().filter(|u| !self.is_local(u)).collect();
+        if users.is_empty() {
+            return;
+        }
+        let hs = self.clone();
+        tokio::spawn(async move {
+            for user_id in users {
+                let cached = hs.store().remote_device_list(&user_id).await;
+                if matches!(cached, Ok(Some(ref list)) if !list.stale) {
+                    continue;
+                }
+                if let Err(err) = hs.resync_device_list(&user_id).await {
+                    tracing::info!(%user_id, %err, "device list fetch failed; will retry");
+                }
+            }
+        });
+    }
+
     /// Fetches `user_id`'s list in the background.
     pub(crate) fn resync_soon(&self, user_id: OwnedUserId) {
         let hs = self.clone();
@@ -245,7 +268,8 @@ fn parse_device_list(user_id: &UserId, answer: &Value) -> Result<RemoteDeviceLis
     if devices.len() > MAX_REMOTE_DEVICES {
         return Err(bad("The device list is too long"));
     }
-    let raw = |v: &Value| to_raw_value(v).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()));
+    let raw =
+        |v: &Value| to_raw_value(v).map_err(|e| Error::new(ErrorKind::Internal, e.to_string()));
     let mut kept = Vec::with_capacity(devices.len());
     for device in devices {
         let Some(device_id) = device["device_id"].as_str() else {

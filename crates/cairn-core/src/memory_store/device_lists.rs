@@ -146,14 +146,18 @@ impl DeviceListStore for MemoryStore {
 
     async fn remote_device_list(&self, user_id: &UserId) -> StoreResult<Option<RemoteDeviceList>> {
         let state = self.state();
-        Ok(state.device_lists.remote.get(user_id).map(|e| RemoteDeviceList {
-            user_id: user_id.to_owned(),
-            stream_id: e.stream_id,
-            stale: e.stale,
-            devices: e.devices.values().map(|d| raw(d)).collect(),
-            master_key: e.master_key.as_deref().map(raw),
-            self_signing_key: e.self_signing_key.as_deref().map(raw),
-        }))
+        Ok(state
+            .device_lists
+            .remote
+            .get(user_id)
+            .map(|e| RemoteDeviceList {
+                user_id: user_id.to_owned(),
+                stream_id: e.stream_id,
+                stale: e.stale,
+                devices: e.devices.values().map(|d| raw(d)).collect(),
+                master_key: e.master_key.as_deref().map(raw),
+                self_signing_key: e.self_signing_key.as_deref().map(raw),
+            }))
     }
 
     async fn apply_remote_device_update(

@@ -324,7 +324,10 @@ impl CrossSigningStore for MemoryStore {
             let device = ruma::OwnedDeviceId::from(sig.target_key.as_str());
             let announce = if !own {
                 ""
-            } else if state.devices.contains_key(&(sig.target_user.clone(), device)) {
+            } else if state
+                .devices
+                .contains_key(&(sig.target_user.clone(), device))
+            {
                 sig.target_key.as_str()
             } else {
                 CROSS_SIGNING_KEYS

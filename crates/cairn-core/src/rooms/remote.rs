@@ -346,6 +346,7 @@ impl Homeserver {
         if !event.announce.is_empty() {
             self.federation().wake_sender();
         }
+        self.fetch_device_lists_soon(joined_before);
         Ok(())
     }
 
@@ -430,6 +431,13 @@ impl Homeserver {
                     self.notify_room_event(pdu).await?;
                     if !event.outbound.is_empty() || !event.announce.is_empty() {
                         self.federation().wake_sender();
+                    }
+                    if pdu.membership().as_deref() == Some("join")
+                        && let Some(joiner) =
+                            pdu.state_key.as_deref().and_then(|k| UserId::parse(k).ok())
+                        && self.tracked_locally(&joiner).await?
+                    {
+                        self.fetch_device_lists_soon(vec![joiner]);
                     }
                     return Ok(());
                 }

@@ -12,7 +12,7 @@ use cairn::serve::{RunningServer, start_on};
 use serde_json::{Value, json};
 use tempfile::TempDir;
 
-use crate::harness::{Client, Session};
+use crate::harness::{Backend, Client, Session};
 
 /// Servers that know each other's federation addresses.
 struct Federation {
@@ -20,12 +20,18 @@ struct Federation {
     configs: Vec<Config>,
     addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
     _dirs: Vec<TempDir>,
+    _databases: Vec<cairn_store::testing::TempDatabase>,
 }
 
 impl Federation {
     /// Starts one server per name. `unreachable` names are routed to a closed port. Backoff is
     /// short: 100 ms after the first failure, at most 1 s.
     async fn start(names: &[&str], unreachable: &[&str]) -> Self {
+        Self::start_on(Backend::Sqlite, names, unreachable).await
+    }
+
+    /// [`Self::start`], each server on a database of its own on `backend`.
+    async fn start_on(backend: Backend, names: &[&str], unreachable: &[&str]) -> Self {
         let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners: Vec<_> = names.iter().map(|_| (bind(), bind())).collect();
         let mut routes: BTreeMap<String, String> = names
@@ -42,6 +48,7 @@ impl Federation {
             configs: Vec::new(),
             addrs: Vec::new(),
             _dirs: Vec::new(),
+            _databases: Vec::new(),
         };
         for (name, (client, federation)) in names.iter().zip(listeners) {
             let dir = tempfile::tempdir().unwrap();
@@ -56,6 +63,11 @@ impl Federation {
             config.federation.static_routes = routes.clone();
             config.federation.backoff_min_ms = 100;
             config.federation.backoff_max_ms = 1_000;
+            if backend == Backend::Postgres {
+                let db = cairn_store::testing::TempDatabase::create().await;
+                config.database.url = Some(db.url().to_owned());
+                fed._databases.push(db);
+            }
             fed.addrs.push((
                 client.local_addr().unwrap(),
                 federation.local_addr().unwrap(),
@@ -161,5 +173,6 @@ async fn see_message(client: &Client, session: &Session, room_id: &str, body: &s
     .await
 }
 
+mod device_lists;
 mod rooms;
 mod transport;

@@ -156,7 +156,7 @@ async fn a_remote_key_change_reaches_local_room_mates() {
     let update = |user: &str, stream_id: u64| {
         json!({ "edu_type": "m.device_list_update", "content": {
             "user_id": user, "device_id": "NEW", "stream_id": stream_id, "prev_id": [],
-            "keys": {}, "deleted": false,
+            "deleted": false,
         }})
     };
     let a_server = fed.servers[0].as_ref().unwrap();
