@@ -242,6 +242,7 @@ impl Homeserver {
     pub async fn query_keys(&self, me: &UserId, req: QueryRequest) -> Result<QueryResponse> {
         let mut response = QueryResponse::default();
         let mut remote: PerServer<Vec<OwnedDeviceId>> = BTreeMap::new();
+        let mut fetch = Vec::new();
         for (user_id, devices) in req.device_keys {
             if !self.is_local(&user_id) {
                 if let Some(list) = self.usable_device_list(&user_id).await? {
@@ -249,8 +250,10 @@ impl Homeserver {
                     continue;
                 }
                 if self.tracked_locally(&user_id).await? {
-                    // Cache the list, so that later queries and updates need no round trip.
-                    self.resync_soon(user_id.clone());
+                    // Fetch and cache the whole list, so that later queries and updates need
+                    // no round trip; a query for some devices is answered from it too.
+                    fetch.push((user_id, devices));
+                    continue;
                 }
                 remote
                     .entry(user_id.server_name().to_owned())
@@ -261,9 +264,21 @@ impl Homeserver {
             self.add_local_keys(Viewer::User(me), &user_id, &devices, &mut response)
                 .await?;
         }
-        if !remote.is_empty() {
-            self.query_remote_keys(remote, remote_timeout(req.timeout), &mut response)
-                .await;
+        let timeout = remote_timeout(req.timeout);
+        let (fetched, ()) = tokio::join!(self.fetch_device_lists(&fetch, timeout), async {
+            if !remote.is_empty() {
+                self.query_remote_keys(remote, timeout, &mut response).await;
+            }
+        });
+        for ((user_id, devices), outcome) in fetch.iter().zip(fetched) {
+            match outcome {
+                Ok(list) => add_cached_keys(&list, devices, &mut response),
+                Err(err) => {
+                    response
+                        .failures
+                        .insert(user_id.server_name().to_string(), err.to_failure());
+                }
+            }
         }
         Ok(response)
     }

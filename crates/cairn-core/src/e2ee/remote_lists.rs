@@ -17,6 +17,7 @@ use serde_json::{Map, Value};
 
 use crate::Homeserver;
 use crate::error::{Error, ErrorKind, Result};
+use crate::federation::RemoteError;
 use crate::store::RemoteDeviceList;
 
 /// How often stale lists are fetched again.
@@ -52,6 +53,15 @@ pub(crate) fn names(keys: &Value, user_id: &str, device_id: Option<&str>) -> boo
         && device_id.is_none_or(|d| keys.get("device_id").and_then(Value::as_str) == Some(d))
 }
 
+/// Whether `keys` names a user or device other than the one it is published for. Keys that
+/// name nobody are kept as sent (the receiving clients check them); keys naming someone else
+/// are a server lying about its users.
+fn names_another(keys: &Value, user_id: &str, device_id: &str) -> bool {
+    let differs =
+        |field: &str, want: &str| keys.get(field).is_some_and(|v| v.as_str() != Some(want));
+    differs("user_id", user_id) || differs("device_id", device_id)
+}
+
 fn bad(message: impl Into<String>) -> Error {
     Error::bad_json(message)
 }
@@ -83,7 +93,7 @@ impl Homeserver {
             return Ok(());
         }
         if let Some(keys) = device.get("keys")
-            && !names(keys, user.as_str(), Some(&head.device_id))
+            && names_another(keys, user.as_str(), &head.device_id)
         {
             return Err(bad("The device keys name another user or device"));
         }
@@ -178,42 +188,73 @@ impl Homeserver {
                 if matches!(cached, Ok(Some(ref list)) if !list.stale) {
                     continue;
                 }
-                if let Err(err) = hs.resync_device_list(&user_id).await {
-                    tracing::info!(%user_id, %err, "device list fetch failed; will retry");
-                }
+                log_failed_fetch(&user_id, hs.resync_device_list(&user_id).await);
             }
         });
+    }
+
+    /// Fetches the lists of `users` (with what was asked of each) at once, waiting at most
+    /// `timeout`; the outcome per user, in order. A fetch still running at the deadline goes on
+    /// in the background and is cached when it ends.
+    pub(crate) async fn fetch_device_lists<T>(
+        &self,
+        users: &[(OwnedUserId, T)],
+        timeout: Duration,
+    ) -> Vec<std::result::Result<RemoteDeviceList, RemoteError>> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, (user_id, _)) in users.iter().enumerate() {
+            let (hs, user_id) = (self.clone(), user_id.clone());
+            tasks.spawn(async move {
+                let outcome = hs.resync_device_list(&user_id).await;
+                (
+                    i,
+                    outcome.unwrap_or_else(|e| Err(RemoteError::Unreachable(e.to_string()))),
+                )
+            });
+        }
+        let mut outcomes: Vec<_> = users
+            .iter()
+            .map(|_| Err(RemoteError::Unreachable("no answer in time".into())))
+            .collect();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
+            if let Ok((i, outcome)) = done {
+                outcomes[i] = outcome;
+            }
+        }
+        tasks.detach_all();
+        outcomes
     }
 
     /// Fetches `user_id`'s list in the background.
     pub(crate) fn resync_soon(&self, user_id: OwnedUserId) {
         let hs = self.clone();
         tokio::spawn(async move {
-            if let Err(err) = hs.resync_device_list(&user_id).await {
-                tracing::info!(%user_id, %err, "device list fetch failed; will retry");
-            }
+            log_failed_fetch(&user_id, hs.resync_device_list(&user_id).await);
         });
     }
 
     /// Fetches a remote user's whole device list and replaces the cached one; on failure the
-    /// list is left stale, to be fetched again.
-    pub async fn resync_device_list(&self, user_id: &UserId) -> Result<()> {
+    /// list is left stale, to be fetched again. The outer error is this server's own.
+    pub async fn resync_device_list(
+        &self,
+        user_id: &UserId,
+    ) -> Result<std::result::Result<RemoteDeviceList, RemoteError>> {
         let answer = self
             .federation()
             .user_devices(user_id.server_name(), user_id)
             .await;
-        let list = answer
-            .map_err(|e| Error::new(ErrorKind::Unknown, e.to_string()))
-            .and_then(|answer| parse_device_list(user_id, &answer));
-        let list = match list {
-            Ok(list) => list,
-            Err(err) => {
-                self.store().mark_remote_device_list_stale(user_id).await?;
-                return Err(err);
+        let list = answer.and_then(|answer| {
+            parse_device_list(user_id, &answer).map_err(|e| RemoteError::Invalid(e.to_string()))
+        });
+        match &list {
+            Ok(list) => {
+                self.store().replace_remote_device_list(list).await?;
+                self.notify_device_list_change(user_id).await?;
             }
-        };
-        self.store().replace_remote_device_list(&list).await?;
-        self.notify_device_list_change(user_id).await
+            Err(_) => self.store().mark_remote_device_list_stale(user_id).await?,
+        }
+        Ok(list)
     }
 
     /// Fetches every stale list again, except those of servers in backoff; drops lists no local
@@ -229,9 +270,7 @@ impl Homeserver {
             if backoff.retry_after_ms > now {
                 continue;
             }
-            if let Err(err) = self.resync_device_list(&user_id).await {
-                tracing::info!(%user_id, %err, "device list fetch failed; will retry");
-            }
+            log_failed_fetch(&user_id, self.resync_device_list(&user_id).await);
         }
         Ok(())
     }
@@ -250,6 +289,17 @@ impl Homeserver {
             return Ok(None);
         }
         Ok((!list.stale).then_some(list))
+    }
+}
+
+fn log_failed_fetch(
+    user_id: &UserId,
+    outcome: Result<std::result::Result<RemoteDeviceList, RemoteError>>,
+) {
+    match outcome {
+        Ok(Ok(_)) => {}
+        Ok(Err(err)) => tracing::info!(%user_id, %err, "device list fetch failed; will retry"),
+        Err(err) => tracing::warn!(%user_id, %err, "cannot store a fetched device list"),
     }
 }
 
@@ -277,7 +327,7 @@ fn parse_device_list(user_id: &UserId, answer: &Value) -> Result<RemoteDeviceLis
         };
         if device
             .get("keys")
-            .is_some_and(|keys| !names(keys, user_id.as_str(), Some(device_id)))
+            .is_some_and(|keys| names_another(keys, user_id.as_str(), device_id))
         {
             continue;
         }

@@ -12,7 +12,7 @@ use super::{Federation, create_room, device_keys};
 use crate::harness::{Backend, Client, Session, enc};
 
 /// Waits until `server`'s cached list of `user` satisfies `done`, for at most 10 s.
-async fn cached_list(
+pub(super) async fn cached_list(
     server: &RunningServer,
     user: &str,
     mut done: impl FnMut(&RemoteDeviceList) -> bool,
@@ -49,7 +49,7 @@ fn device_ids(list: &RemoteDeviceList) -> Vec<String> {
         .collect()
 }
 
-async fn upload_device_keys(client: &Client, session: &Session) {
+pub(super) async fn upload_device_keys(client: &Client, session: &Session) {
     client
         .post(
             "/_matrix/client/v3/keys/upload",
@@ -60,7 +60,7 @@ async fn upload_device_keys(client: &Client, session: &Session) {
         .ok();
 }
 
-async fn join_via(client: &Client, session: &Session, room_id: &str, server: &str) {
+pub(super) async fn join_via(client: &Client, session: &Session, room_id: &str, server: &str) {
     client
         .post(
             &format!(

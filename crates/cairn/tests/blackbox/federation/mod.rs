@@ -1,7 +1,9 @@
 //! Federation between Cairn servers started in this test process on loopback ports, each with
 //! a static route to the others (no discovery) and TLS verification off (self-signed
-//! certificates). This module is the kit; `transport` tests signing, keys, to-device and the
-//! queue, `rooms` tests rooms, invites and queries across servers.
+//! certificates), optionally through a fault-injecting proxy in front of each federation
+//! listener (`proxy`). This module is the kit; `transport` tests signing, keys, to-device and
+//! the queue, `rooms` tests rooms, invites and queries across servers, `device_lists` device
+//! lists across servers, `faults` what the proxy's faults do.
 
 use std::collections::BTreeMap;
 use std::net::TcpListener;
@@ -19,6 +21,9 @@ struct Federation {
     servers: Vec<Option<RunningServer>>,
     configs: Vec<Config>,
     addrs: Vec<(std::net::SocketAddr, std::net::SocketAddr)>,
+    /// One per server when started with [`Self::start_proxied`]; other servers reach server
+    /// `i` only through `proxies[i]`.
+    proxies: Vec<proxy::FaultProxy>,
     _dirs: Vec<TempDir>,
     _databases: Vec<cairn_store::testing::TempDatabase>,
 }
@@ -27,11 +32,20 @@ impl Federation {
     /// Starts one server per name. `unreachable` names are routed to a closed port. Backoff is
     /// short: 100 ms after the first failure, at most 1 s.
     async fn start(names: &[&str], unreachable: &[&str]) -> Self {
-        Self::start_on(Backend::Sqlite, names, unreachable).await
+        Self::launch(Backend::Sqlite, names, unreachable, false).await
     }
 
     /// [`Self::start`], each server on a database of its own on `backend`.
     async fn start_on(backend: Backend, names: &[&str], unreachable: &[&str]) -> Self {
+        Self::launch(backend, names, unreachable, false).await
+    }
+
+    /// [`Self::start`], each server behind a fault-injecting proxy.
+    async fn start_proxied(names: &[&str]) -> Self {
+        Self::launch(Backend::Sqlite, names, &[], true).await
+    }
+
+    async fn launch(backend: Backend, names: &[&str], unreachable: &[&str], proxied: bool) -> Self {
         let bind = || TcpListener::bind("127.0.0.1:0").unwrap();
         let listeners: Vec<_> = names.iter().map(|_| (bind(), bind())).collect();
         let mut routes: BTreeMap<String, String> = names
@@ -47,9 +61,20 @@ impl Federation {
             servers: Vec::new(),
             configs: Vec::new(),
             addrs: Vec::new(),
+            proxies: Vec::new(),
             _dirs: Vec::new(),
             _databases: Vec::new(),
         };
+        if proxied {
+            for (name, (_, federation)) in names.iter().zip(&listeners) {
+                let dir = tempfile::tempdir().unwrap();
+                let proxy =
+                    proxy::FaultProxy::start(federation.local_addr().unwrap(), dir.path()).await;
+                routes.insert(name.to_string(), proxy.addr.to_string());
+                fed.proxies.push(proxy);
+                fed._dirs.push(dir);
+            }
+        }
         for (name, (client, federation)) in names.iter().zip(listeners) {
             let dir = tempfile::tempdir().unwrap();
             let mut config = Config {
@@ -174,5 +199,7 @@ async fn see_message(client: &Client, session: &Session, room_id: &str, body: &s
 }
 
 mod device_lists;
+mod faults;
+mod proxy;
 mod rooms;
 mod transport;
