@@ -1,5 +1,6 @@
 """Checks federation between a Synapse and a Cairn, both ways: device-key query and claim,
-to-device messages, and each side joining a room on the other with messages both ways. Standard library only. Prints a transcript; exits non-zero on a failure.
+to-device messages, each side joining a room on the other with messages both ways, and
+device-list changes reaching the other side. Standard library only. Prints a transcript; exits non-zero on a failure.
 
 Usage: check.py SYNAPSE_CLIENT_URL SYNAPSE_NAME CAIRN_CLIENT_URL CAIRN_NAME
 """
@@ -141,6 +142,32 @@ def rooms(host_name, host, host_user, guest_name, guest, guest_user, host_server
         wait_for_message(label, recv_base, receiver, room_id, body)
 
 
+def device_lists(label, owner_base, owner, watch_base, watcher):
+    """The owner logs in a new device with keys; the watcher, sharing a room, sees the owner in
+    device_lists.changed and the new device in a key query."""
+    since = ok(watch_base, "GET", "/_matrix/client/v3/sync?timeout=0",
+               token=watcher["access_token"])["next_batch"]
+    localpart = owner["user_id"][1:].split(":")[0]
+    device = ok(owner_base, "POST", "/_matrix/client/v3/login", {
+        "type": "m.login.password", "identifier": {"type": "m.id.user", "user": localpart},
+        "password": "interop-pw"})
+    upload(owner_base, device, "second")
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        answer = ok(watch_base, "GET", f"/_matrix/client/v3/sync?timeout=2000&since={since}",
+                    token=watcher["access_token"])
+        since = answer["next_batch"]
+        if owner["user_id"] in answer.get("device_lists", {}).get("changed", []):
+            break
+    else:
+        check(f"{label}: device-list change seen in sync", False, "not seen within 30 s")
+    check(f"{label}: device-list change seen in sync", True)
+    answer = ok(watch_base, "POST", "/_matrix/client/v3/keys/query",
+                {"device_keys": {owner["user_id"]: []}}, watcher["access_token"])
+    devices = answer.get("device_keys", {}).get(owner["user_id"], {})
+    check(f"{label}: the new device is queryable", device["device_id"] in devices, answer)
+
+
 def main():
     synapse, synapse_name, cairn, cairn_name = sys.argv[1:5]
     suffix = uuid.uuid4().hex[:6]
@@ -155,6 +182,8 @@ def main():
     to_device("Synapse to Cairn", synapse, alice, cairn, bob)
     rooms("Cairn", cairn, bob, "Synapse", synapse, alice, cairn_name)
     rooms("Synapse", synapse, alice, "Cairn", cairn, bob, synapse_name)
+    device_lists("Synapse to Cairn", synapse, alice, cairn, bob)
+    device_lists("Cairn to Synapse", cairn, bob, synapse, alice)
     print("all interop checks passed")
 
 

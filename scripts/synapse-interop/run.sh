@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Interop check against a real Synapse on loopback: runs one Synapse (via the peer scripts in
 # ../shared/tools/synapse, or $SYNAPSE_TOOLS) and one release Cairn, then checks federation both
-# ways with check.py. Usage (from the repository root):
+# ways with check.py, then runs the matrix-sdk encrypted-DM test against it. Usage (from the
+# repository root):
 #   cargo build --release -p cairn && scripts/synapse-interop/run.sh
 # Ports: Synapse localhost:8481 (client 8008), Cairn localhost:8490 (client 8491).
 set -euo pipefail
@@ -30,3 +31,5 @@ for _ in $(seq 100); do
 done
 python3 "$(dirname "$0")/check.py" http://127.0.0.1:8008 localhost:8481 http://127.0.0.1:8491 localhost:8490 \
   || { echo "--- cairn log"; grep -v migration "$WORK/cairn.log" | tail -40; exit 1; }
+# matrix-sdk users, one on each server, in encrypted DMs that each side creates.
+CAIRN_INTEROP_SYNAPSE=http://127.0.0.1:8008 cargo test -p e2e-tests --test with_synapse -- --ignored

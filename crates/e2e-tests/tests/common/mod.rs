@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use cairn::config::Config;
 use cairn::serve::RunningServer;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent;
 use matrix_sdk::ruma::{OwnedRoomId, RoomId};
 use matrix_sdk::{Client, Room, RoomState};
@@ -52,7 +53,7 @@ impl Harness {
         Ok(servers)
     }
 
-    async fn start_on(
+    pub async fn start_on(
         name: &str,
         client: std::net::TcpListener,
         federation: std::net::TcpListener,
@@ -102,37 +103,7 @@ impl Harness {
         name: &str,
         device: &str,
     ) -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
-        let client = Client::builder()
-            .homeserver_url(&self.base)
-            .request_config(
-                RequestConfig::new()
-                    .retry_limit(2)
-                    .timeout(Duration::from_secs(30)),
-            )
-            .build()
-            .await?;
-        client
-            .matrix_auth()
-            .login_username(name, "pw")
-            .device_id(device)
-            .initial_device_display_name(device)
-            .await?;
-        client
-            .encryption()
-            .wait_for_e2ee_initialization_tasks()
-            .await;
-        let (tx, rx) = mpsc::unbounded_channel();
-        client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent| {
-            let tx = tx.clone();
-            async move {
-                let _ = tx.send(ev.content.body().to_owned());
-            }
-        });
-        // Two syncs: device keys and one-time keys go up, then the fallback key once the
-        // server has said it supports them.
-        sync(&client).await?;
-        sync(&client).await?;
-        Ok((client, rx))
+        login_at(&self.base, name, device).await
     }
 
     /// Raw JSON call with an access token.
@@ -157,6 +128,63 @@ impl Harness {
     }
 }
 
+/// Registers `name` (password `pw`) on any homeserver with open registration.
+pub async fn register_at(base: &str, name: &str) -> Result<()> {
+    let body = json!({ "username": name, "password": "pw", "inhibit_login": true, "auth": { "type": "m.login.dummy" } });
+    let res = reqwest::Client::new()
+        .post(format!("{base}/_matrix/client/v3/register"))
+        .json(&body)
+        .send()
+        .await?;
+    anyhow::ensure!(
+        res.status().is_success(),
+        "register {name}: {}",
+        res.text().await?
+    );
+    Ok(())
+}
+
+/// A matrix-sdk client logged in to the homeserver at `base`, with a handler that forwards
+/// decrypted texts.
+pub async fn login_at(
+    base: &str,
+    name: &str,
+    device: &str,
+) -> Result<(Client, mpsc::UnboundedReceiver<String>)> {
+    let client = Client::builder()
+        .homeserver_url(base)
+        .request_config(
+            RequestConfig::new()
+                .retry_limit(2)
+                .timeout(Duration::from_secs(30)),
+        )
+        .build()
+        .await?;
+    client
+        .matrix_auth()
+        .login_username(name, "pw")
+        .device_id(device)
+        .initial_device_display_name(device)
+        .await?;
+    client
+        .encryption()
+        .wait_for_e2ee_initialization_tasks()
+        .await;
+    let (tx, rx) = mpsc::unbounded_channel();
+    client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(ev.content.body().to_owned());
+        }
+    });
+    // Two syncs: device keys and one-time keys go up, then the fallback key once the
+    // server has said it supports them.
+    sync(&client).await?;
+    sync(&client).await?;
+    Ok((client, rx))
+}
+
+/// One short sync.
 pub async fn sync(client: &Client) -> Result<()> {
     client
         .sync_once(SyncSettings::default().timeout(Duration::from_millis(300)))
@@ -202,7 +230,8 @@ pub async fn wait_room(client: &Client, room_id: &RoomId, state: RoomState) -> R
 
 /// Opens an encrypted DM from `from` to `to` and returns it once `to` has joined.
 pub async fn open_dm(from: &Client, to: &Client) -> Result<(Room, OwnedRoomId)> {
-    let room = from.create_dm(to.user_id().context("logged in")?).await?;
+    let invitee = to.user_id().context("logged in")?;
+    let room = from.create_dm(invitee).await?;
     let room_id = room.room_id().to_owned();
     wait_room(to, &room_id, RoomState::Invited).await?;
     to.join_room_by_id(&room_id).await?;
@@ -211,7 +240,10 @@ pub async fn open_dm(from: &Client, to: &Client) -> Result<(Room, OwnedRoomId)> 
     tokio::time::timeout(DEADLINE, async {
         loop {
             sync(from).await?;
-            if room.joined_members_count() >= 2 {
+            // Read from the member events: Synapse sends a room summary only to clients that
+            // lazy-load members.
+            let member = room.get_member_no_sync(invitee).await?;
+            if member.is_some_and(|m| *m.membership() == MembershipState::Join) {
                 return Ok::<_, anyhow::Error>(());
             }
         }
