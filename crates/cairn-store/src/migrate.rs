@@ -60,6 +60,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/sqlite/0010_device_lists.sql"),
         include_str!("../migrations/postgres/0010_device_lists.sql"),
     ),
+    (
+        11,
+        include_str!("../migrations/common/0011_state_groups.sql"),
+        include_str!("../migrations/common/0011_state_groups.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -25,6 +25,9 @@ pub(super) struct Rooms {
     /// Positions of events kept out of timelines.
     outliers: std::collections::BTreeSet<u64>,
     invite_state: BTreeMap<(OwnedRoomId, OwnedUserId), String>,
+    /// State groups, whole.
+    groups: BTreeMap<u64, BTreeMap<(String, String), OwnedEventId>>,
+    event_groups: BTreeMap<OwnedEventId, u64>,
 }
 
 impl Rooms {
@@ -42,6 +45,24 @@ impl Rooms {
                     .insert((pdu.room_id.clone(), user), (membership, pos));
             }
         }
+    }
+
+    /// Records the state after the event stored at `pos`.
+    fn record_state(&mut self, pdu: &Pdu, pos: u64, after: &StateAfter) {
+        let group = match after {
+            StateAfter::Group(group) => *group,
+            StateAfter::New { parent, changes } => {
+                let mut map = parent
+                    .and_then(|p| self.groups.get(&p).cloned())
+                    .unwrap_or_default();
+                for (kind, key, id) in changes {
+                    map.insert((kind.clone(), key.clone()), id.clone());
+                }
+                self.groups.insert(pos, map);
+                pos
+            }
+        };
+        self.event_groups.insert(pdu.event_id.clone(), group);
     }
 
     fn stream_event(&self, pos: u64) -> StreamEvent {
@@ -88,6 +109,22 @@ impl Rooms {
 
 #[async_trait]
 impl RoomStore for MemoryStore {
+    async fn state_group_of(&self, event_id: &ruma::EventId) -> StoreResult<Option<u64>> {
+        Ok(self.state().rooms.event_groups.get(event_id).copied())
+    }
+
+    async fn state_group(&self, group: u64) -> StoreResult<Vec<StateEntry>> {
+        let state = self.state();
+        Ok(state
+            .rooms
+            .groups
+            .get(&group)
+            .into_iter()
+            .flatten()
+            .map(|((kind, key), id)| (kind.clone(), key.clone(), id.clone()))
+            .collect())
+    }
+
     async fn room_version(&self, room_id: &RoomId) -> StoreResult<Option<RoomVersionId>> {
         Ok(self.state().rooms.versions.get(room_id).cloned())
     }
@@ -175,10 +212,16 @@ impl RoomStore for MemoryStore {
         }
         let rooms = &mut state.rooms;
         rooms.insert(pdu, pos);
-        rooms.make_current(pdu, pos);
-        rooms
-            .extremities
-            .insert(pdu.room_id.clone(), vec![pdu.event_id.clone()]);
+        rooms.record_state(pdu, pos, &event.state_after);
+        for id in &event.make_current {
+            if let Some(at) = rooms.by_id.get(id).copied() {
+                let current = rooms.events[&at].clone();
+                rooms.make_current(&current, at);
+            }
+        }
+        let tips = rooms.extremities.entry(pdu.room_id.clone()).or_default();
+        tips.retain(|e| !pdu.prev_events.contains(e));
+        tips.push(pdu.event_id.clone());
         if let Some(txn) = &event.txn {
             rooms.txns.insert(txn.clone(), pdu.event_id.clone());
         }
@@ -218,6 +261,7 @@ impl RoomStore for MemoryStore {
             state.announce_all(server, user);
         }
         state.rooms.insert(&join.pdu, pos);
+        state.rooms.record_state(&join.pdu, pos, &join.state_after);
         state.rooms.make_current(&join.pdu, pos);
         state
             .rooms

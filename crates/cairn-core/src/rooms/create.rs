@@ -228,6 +228,11 @@ impl Homeserver {
         let event = NewEvent {
             outbound: Vec::new(),
             announce: Vec::new(),
+            state_after: crate::store::StateAfter::New {
+                parent: None,
+                changes: vec![(pdu.kind_str(), String::new(), pdu.event_id.clone())],
+            },
+            make_current: vec![pdu.event_id.clone()],
             pdu,
             expected_extremities: Vec::new(),
             txn: None,

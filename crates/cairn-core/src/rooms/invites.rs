@@ -81,6 +81,10 @@ impl Homeserver {
             // The invitee's server has the invite already; the room's other servers get it.
             let mut outbound = self.outbound_pdu(&countersigned).await?;
             outbound.retain(|o| o.destination != target.server_name());
+            let (state_after, after) = self.place_state(&version, &countersigned).await?;
+            let make_current = self
+                .local_current_changes(&countersigned, after.as_ref())
+                .await?;
             let new = NewEvent {
                 pdu: countersigned,
                 expected_extremities: extremities,
@@ -88,6 +92,8 @@ impl Homeserver {
                 creates_room: None,
                 outbound,
                 announce: Vec::new(),
+                state_after,
+                make_current,
             };
             match self.store().append_event(&new).await? {
                 AppendOutcome::Appended(_) => {

@@ -11,6 +11,7 @@ pub mod pdu;
 pub mod read;
 pub mod remote;
 pub mod send;
+pub mod state;
 
 use std::collections::BTreeSet;
 
@@ -70,6 +71,8 @@ impl Homeserver {
                 .await?;
             let outbound = self.outbound_pdu(&pdu).await?;
             let announce = self.announcements(&pdu).await?;
+            let (state_after, after) = self.place_state(&version, &pdu).await?;
+            let make_current = self.local_current_changes(&pdu, after.as_ref()).await?;
             let event = NewEvent {
                 pdu,
                 expected_extremities: extremities,
@@ -77,6 +80,8 @@ impl Homeserver {
                 creates_room: None,
                 outbound,
                 announce,
+                state_after,
+                make_current,
             };
             match self.store().append_event(&event).await? {
                 AppendOutcome::Appended(_) => {
@@ -172,6 +177,36 @@ impl Homeserver {
             keys.push(create);
         }
         Ok(self.store().state_events(room_id, &keys).await?)
+    }
+
+    /// The events of `state` that authorise `pdu` (always with the create event).
+    pub(crate) async fn auth_state_in(
+        &self,
+        state: &state::StateMap,
+        pdu: &Pdu,
+        rules: &ruma::room_version_rules::RoomVersionRules,
+    ) -> Result<Vec<Pdu>> {
+        let keys = ruma::state_res::auth_types_for_event(
+            &pdu.kind,
+            &pdu.sender,
+            pdu.state_key.as_deref(),
+            &pdu.content,
+            &rules.authorization,
+        )
+        .map_err(|e| Error::bad_json(format!("Invalid event content: {e}")))?;
+        let mut wanted: Vec<(String, String)> =
+            keys.into_iter().map(|(t, k)| (t.to_string(), k)).collect();
+        wanted.push(("m.room.create".to_owned(), String::new()));
+        let mut events = Vec::new();
+        for key in wanted {
+            if let Some(id) = state.get(&key)
+                && !events.iter().any(|e: &Pdu| e.event_id == *id)
+                && let Some(event) = self.store().event(id).await?
+            {
+                events.push(event.pdu);
+            }
+        }
+        Ok(events)
     }
 
     /// The PDU queued for every other server with a member joined to the room and, for a

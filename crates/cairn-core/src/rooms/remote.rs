@@ -17,10 +17,11 @@ use ruma::{
 use serde_json::{Value, json};
 
 use super::pdu::{self, EventDraft, Pdu, Placement};
+use super::state::StateMap;
 use super::{APPEND_ATTEMPTS, check_auth};
 use crate::Homeserver;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{AppendOutcome, NewEvent};
+use crate::store::{AppendOutcome, NewEvent, StateAfter};
 
 impl Homeserver {
     /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}`: a join event for `user_id` to
@@ -331,6 +332,11 @@ impl Homeserver {
             .filter(|e| e.membership().as_deref() == Some("join"))
             .filter_map(|e| e.state_key.as_deref().and_then(|k| UserId::parse(k).ok()))
             .collect();
+        let mut room_state: StateMap = state
+            .iter()
+            .filter_map(|e| Some(((e.kind_str(), e.state_key.clone()?), e.event_id.clone())))
+            .collect();
+        room_state.insert((join.kind_str(), me.to_string()), join.event_id.clone());
         let event = NewEvent {
             announce: self.newly_sharing(&join, &joined_before).await?,
             pdu: join.clone(),
@@ -338,6 +344,11 @@ impl Homeserver {
             txn: None,
             creates_room: None,
             outbound: Vec::new(),
+            state_after: StateAfter::New {
+                parent: None,
+                changes: super::state::entries(&room_state),
+            },
+            make_current: vec![join.event_id.clone()],
         };
         self.store()
             .import_room(&version, &state, &auth_chain, &event)
@@ -397,19 +408,33 @@ impl Homeserver {
         forward_except: Option<&ServerName>,
     ) -> Result<()> {
         let rules = pdu::rules(version)?;
+        // Checked against the state before it, wherever in the room's history it sits.
+        let before = self
+            .state_before(&pdu.room_id, version, &pdu.prev_events)
+            .await?;
+        let auth_state = self.auth_state_in(&before.map, pdu, &rules).await?;
+        check_auth(&rules, pdu, &auth_state)?;
+        let (after, state_after) = before.after(pdu);
         for _ in 0..APPEND_ATTEMPTS {
             let (extremities, _) = self.store().forward_extremities(&pdu.room_id).await?;
-            let auth_state = self
-                .auth_state(
-                    &pdu.room_id,
-                    &pdu.kind,
-                    &pdu.sender,
-                    pdu.state_key.as_deref(),
-                    &pdu.content,
-                    &rules,
-                )
-                .await?;
-            check_auth(&rules, pdu, &auth_state)?;
+            // The room's tips once the event is in; where more than one, their states merge.
+            let others: Vec<&OwnedEventId> = extremities
+                .iter()
+                .filter(|e| !pdu.prev_events.contains(e))
+                .collect();
+            let make_current = if others.is_empty() {
+                self.current_changes(&pdu.room_id, &after).await?
+            } else {
+                let mut states = vec![after.clone()];
+                for tip in others {
+                    states.push(match self.state_after_event(tip).await? {
+                        Some((_, map)) => map,
+                        None => self.current_state_map(&pdu.room_id).await?,
+                    });
+                }
+                let resolved = self.resolve_states(version, states).await?;
+                self.current_changes(&pdu.room_id, &resolved).await?
+            };
             let outbound = match forward_except {
                 Some(origin) => {
                     let mut out = self.outbound_pdu(pdu).await?;
@@ -425,6 +450,8 @@ impl Homeserver {
                 creates_room: None,
                 outbound,
                 announce: self.announcements(pdu).await?,
+                state_after: state_after.clone(),
+                make_current,
             };
             match self.store().append_event(&event).await? {
                 AppendOutcome::Appended(_) => {
@@ -452,7 +479,7 @@ impl Homeserver {
     }
 
     /// Every event reachable through `auth_events` from `events`, oldest first by depth.
-    async fn auth_chain(&self, events: impl Iterator<Item = &Pdu>) -> Result<Vec<Pdu>> {
+    pub(crate) async fn auth_chain(&self, events: impl Iterator<Item = &Pdu>) -> Result<Vec<Pdu>> {
         let mut seen: BTreeSet<OwnedEventId> = BTreeSet::new();
         let mut todo: Vec<OwnedEventId> = events.flat_map(|e| e.auth_events.clone()).collect();
         let mut chain: BTreeMap<(u64, OwnedEventId), Pdu> = BTreeMap::new();

@@ -29,6 +29,29 @@ pub struct NewEvent {
     /// event; each is owed an announcement of every one of the user's devices and its
     /// cross-signing keys, recorded in the same transaction.
     pub announce: Vec<(ruma::OwnedServerName, OwnedUserId)>,
+    /// The room's state after the event.
+    pub state_after: StateAfter,
+    /// State events that become the room's current state for their type and key (the event
+    /// itself, if it is a state event that wins; more when forks were resolved).
+    pub make_current: Vec<OwnedEventId>,
+}
+
+/// One entry of a room state: `(type, state_key, event_id)`.
+pub type StateEntry = (String, String, OwnedEventId);
+
+/// How the state after an appended event is recorded. States are stored as groups, each a set
+/// of changes on a parent group; the group an event creates is numbered by its stream position.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StateAfter {
+    /// The same as an existing group's (the event changes no state).
+    Group(u64),
+    /// A new group: the parent's state (none: the empty state) with `changes` applied.
+    New {
+        /// The group the changes apply to.
+        parent: Option<u64>,
+        /// Entries that replace the parent's for their type and key.
+        changes: Vec<StateEntry>,
+    },
 }
 
 /// What became of an append.
@@ -109,6 +132,11 @@ pub trait RoomStore: Send + Sync {
     ) -> StoreResult<Option<String>>;
     /// One event by ID.
     async fn event(&self, event_id: &ruma::EventId) -> StoreResult<Option<StreamEvent>>;
+    /// The state group holding the room state after the event, if it was recorded (events
+    /// stored as outliers have none).
+    async fn state_group_of(&self, event_id: &ruma::EventId) -> StoreResult<Option<u64>>;
+    /// The whole state of a group.
+    async fn state_group(&self, group: u64) -> StoreResult<Vec<StateEntry>>;
     /// The event a client transaction produced, if any.
     async fn event_for_txn(
         &self,

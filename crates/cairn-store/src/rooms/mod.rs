@@ -1,5 +1,6 @@
 //! Rooms: events in stream order, current state, memberships, extremities and aliases.
 
+mod state;
 mod writes;
 
 use async_trait::async_trait;
@@ -178,7 +179,27 @@ impl RoomStore for SqlStore {
         crate::federation::enqueue(&mut tx, &event.outbound).await?;
         crate::device_lists::announce_all(&mut tx, &event.announce).await?;
         insert_event(&mut tx, pdu, pos, false).await?;
-        make_current(&mut tx, pdu, pos).await?;
+        state::record(
+            &mut tx,
+            room,
+            pdu.event_id.as_str(),
+            pos,
+            &event.state_after,
+        )
+        .await?;
+        for id in &event.make_current {
+            let row = sqlx::query(AssertSqlSafe(format!(
+                "SELECT {EVENT_COLUMNS} FROM events e WHERE e.event_id = $1"
+            )))
+            .bind(id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+            if let Some(row) = row {
+                let current = stream_event(&row)?;
+                make_current(&mut tx, &current.pdu, current.pos).await?;
+            }
+        }
         for prev in &pdu.prev_events {
             sqlx::query("DELETE FROM forward_extremities WHERE room_id = $1 AND event_id = $2")
                 .bind(room)
@@ -255,6 +276,14 @@ impl RoomStore for SqlStore {
         crate::federation::enqueue(&mut tx, &join.outbound).await?;
         crate::device_lists::announce_all(&mut tx, &join.announce).await?;
         insert_event(&mut tx, &join.pdu, pos, false).await?;
+        state::record(
+            &mut tx,
+            room,
+            join.pdu.event_id.as_str(),
+            pos,
+            &join.state_after,
+        )
+        .await?;
         make_current(&mut tx, &join.pdu, pos).await?;
         sqlx::query("INSERT INTO forward_extremities (room_id, event_id) VALUES ($1, $2)")
             .bind(room)
@@ -336,6 +365,16 @@ impl RoomStore for SqlStore {
         .await
         .map_err(backend_err)?;
         row.as_ref().map(stream_event).transpose()
+    }
+
+    async fn state_group_of(&self, event_id: &EventId) -> StoreResult<Option<u64>> {
+        let mut conn = self.read.acquire().await.map_err(backend_err)?;
+        state::group_of(&mut conn, event_id.as_str()).await
+    }
+
+    async fn state_group(&self, group: u64) -> StoreResult<Vec<StateEntry>> {
+        let mut conn = self.read.acquire().await.map_err(backend_err)?;
+        state::read(&mut conn, group).await
     }
 
     async fn event_for_txn(
