@@ -432,7 +432,7 @@ impl Homeserver {
                         None => self.current_state_map(&pdu.room_id).await?,
                     });
                 }
-                let resolved = self.resolve_states(version, states).await?;
+                let resolved = self.resolve_states(version, states, Some(pdu)).await?;
                 self.current_changes(&pdu.room_id, &resolved).await?
             };
             let outbound = match forward_except {

@@ -110,7 +110,7 @@ impl Homeserver {
                 group: None,
             }),
             _ => Ok(StateBefore {
-                map: self.resolve_states(version, states).await?,
+                map: self.resolve_states(version, states, None).await?,
                 group: None,
             }),
         }
@@ -191,11 +191,13 @@ impl Homeserver {
             .collect())
     }
 
-    /// Merges forked states with the room version's state resolution algorithm.
+    /// Merges forked states with the room version's state resolution algorithm. `pending` is
+    /// an event the states may name that is not stored yet (the one being appended).
     pub(crate) async fn resolve_states(
         &self,
         version: &RoomVersionId,
         states: Vec<StateMap>,
+        pending: Option<&Pdu>,
     ) -> Result<StateMap> {
         let rules = pdu::rules(version)?;
         let v2 = rules.state_res.v2_rules().ok_or_else(|| {
@@ -210,8 +212,13 @@ impl Homeserver {
         for state in &states {
             let mut members = Vec::with_capacity(state.len());
             for id in state.values() {
-                if let Some(event) = self.store().event(id).await? {
-                    members.push(event.pdu);
+                match pending {
+                    Some(pdu) if pdu.event_id == *id => members.push(pdu.clone()),
+                    _ => {
+                        if let Some(event) = self.store().event(id).await? {
+                            members.push(event.pdu);
+                        }
+                    }
                 }
             }
             let chain = self.auth_chain(members.iter()).await?;

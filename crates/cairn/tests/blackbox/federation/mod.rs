@@ -202,4 +202,5 @@ mod device_lists;
 mod faults;
 mod proxy;
 mod rooms;
+mod state;
 mod transport;
