@@ -49,6 +49,16 @@ pub(crate) fn router() -> Router<AppState> {
             put(invite),
         )
         .route("/_matrix/federation/v1/event/{event_id}", get(event))
+        .route("/_matrix/federation/v1/state/{room_id}", get(room_state))
+        .route(
+            "/_matrix/federation/v1/state_ids/{room_id}",
+            get(room_state_ids),
+        )
+        .route("/_matrix/federation/v1/backfill/{room_id}", get(backfill))
+        .route(
+            "/_matrix/federation/v1/get_missing_events/{room_id}",
+            post(missing_events),
+        )
         .route("/_matrix/federation/v1/query/profile", get(query_profile))
         .route(
             "/_matrix/federation/v1/query/directory",
@@ -230,6 +240,89 @@ async fn event(
     let event_id = ruma::EventId::parse(&event_id)
         .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))?;
     Ok(Json(state.hs.federation_event(&origin, &event_id).await?))
+}
+
+/// The `event_id` query parameter of `/state` and `/state_ids`.
+fn event_id_query(parts: &Parts) -> Result<ruma::OwnedEventId, ApiError> {
+    let raw = crate::extract::query_param(parts, "event_id")
+        .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing event_id"))?;
+    ruma::EventId::parse(&raw)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID"))
+}
+
+async fn room_state(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams(room_id): PathParams<String>,
+    parts: Parts,
+) -> Answer {
+    let (room_id, event_id) = (room_id_param(&room_id)?, event_id_query(&parts)?);
+    Ok(Json(
+        state
+            .hs
+            .federation_state(&origin, &room_id, &event_id)
+            .await?,
+    ))
+}
+
+async fn room_state_ids(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams(room_id): PathParams<String>,
+    parts: Parts,
+) -> Answer {
+    let (room_id, event_id) = (room_id_param(&room_id)?, event_id_query(&parts)?);
+    Ok(Json(
+        state
+            .hs
+            .federation_state_ids(&origin, &room_id, &event_id)
+            .await?,
+    ))
+}
+
+async fn backfill(
+    State(state): State<AppState>,
+    SignedBy(origin): SignedBy,
+    PathParams(room_id): PathParams<String>,
+    parts: Parts,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    let pairs = axum::extract::Query::<Vec<(String, String)>>::try_from_uri(&parts.uri)
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Bad query string"))?
+        .0;
+    let from = pairs
+        .iter()
+        .filter(|(name, _)| name == "v")
+        .map(|(_, id)| ruma::EventId::parse(id))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid event ID in v"))?;
+    let limit = pairs
+        .iter()
+        .find(|(name, _)| name == "limit")
+        .map(|(_, n)| n.parse::<usize>())
+        .transpose()
+        .map_err(|_| ApiError::new(ErrorKind::InvalidParam, "Invalid limit"))?
+        .ok_or_else(|| ApiError::new(ErrorKind::MissingParam, "Missing limit"))?;
+    Ok(Json(
+        state
+            .hs
+            .federation_backfill(&origin, &room_id, &from, limit)
+            .await?,
+    ))
+}
+
+async fn missing_events(
+    State(state): State<AppState>,
+    PathParams(room_id): PathParams<String>,
+    req: SignedJson<cairn_core::rooms::history::MissingEventsRequest>,
+) -> Answer {
+    let room_id = room_id_param(&room_id)?;
+    Ok(Json(
+        state
+            .hs
+            .federation_missing_events(&req.origin, &room_id, req.body)
+            .await?,
+    ))
 }
 
 async fn make_leave(

@@ -95,6 +95,17 @@ pub trait Federation: Send + Sync {
         Err(RemoteError::Unreachable("federation is disabled".into()))
     }
 
+    /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`.
+    async fn get_missing_events(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        body: Value,
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, body);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
     /// `GET /_matrix/federation/v1/make_leave/{roomId}/{userId}`.
     async fn make_leave(
         &self,

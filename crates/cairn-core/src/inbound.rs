@@ -64,7 +64,7 @@ impl Homeserver {
                 tracing::warn!(%origin, "PDU that is not canonical JSON dropped");
                 continue;
             };
-            let (event_id, outcome) = self.receive_pdu(&event).await;
+            let (event_id, outcome) = self.receive_pdu(origin, &event).await;
             let result = match &outcome {
                 Ok(()) => json!({}),
                 Err(err) => {

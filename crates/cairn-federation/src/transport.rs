@@ -12,8 +12,8 @@ use crate::{FederationClient, KeyRing};
 
 /// How long a profile look-up may take.
 const PROFILE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a device-list fetch may take (Synapse allows 30 s).
-const DEVICES_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long fetching a device list or missing events may take (Synapse allows 30 s).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a join's requests may take (a large room's state is a big answer).
 const JOIN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -143,6 +143,27 @@ impl Federation for Transport {
             .await
     }
 
+    async fn get_missing_events(
+        &self,
+        destination: &ServerName,
+        room_id: &ruma::RoomId,
+        body: Value,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v1/get_missing_events/{}",
+            encode(room_id.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::POST,
+                &path,
+                Some(body),
+                FETCH_TIMEOUT,
+            )
+            .await
+    }
+
     async fn user_devices(
         &self,
         destination: &ServerName,
@@ -158,7 +179,7 @@ impl Federation for Transport {
                 reqwest::Method::GET,
                 &path,
                 None,
-                DEVICES_TIMEOUT,
+                FETCH_TIMEOUT,
             )
             .await
     }

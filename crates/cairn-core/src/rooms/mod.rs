@@ -5,6 +5,7 @@
 //! authorisation rules (ruma-state-res), and append it if the room has not moved meanwhile.
 
 pub mod create;
+pub mod history;
 pub mod invites;
 pub mod membership;
 pub mod pdu;

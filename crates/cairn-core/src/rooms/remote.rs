@@ -183,6 +183,10 @@ impl Homeserver {
         if pdu.event_id != event_id {
             return Err(Error::bad_json("The event ID does not match the event"));
         }
+        // Built from this server's make_join/make_leave template: on events it has.
+        if let Some(prev) = self.missing_parents(&pdu).await?.first() {
+            return Err(Error::bad_json(format!("Unknown previous event {prev}")));
+        }
         let own = pdu.kind == TimelineEventType::RoomMember
             && pdu.membership().as_deref() == Some(membership)
             && pdu.state_key.as_deref() == Some(pdu.sender.as_str());
@@ -198,6 +202,7 @@ impl Homeserver {
     /// computed) and the outcome.
     pub(crate) async fn receive_pdu(
         &self,
+        origin: &ServerName,
         event: &CanonicalJsonObject,
     ) -> (Option<OwnedEventId>, Result<()>) {
         let room_id = match event
@@ -219,6 +224,7 @@ impl Homeserver {
         let outcome = async {
             let pdu = self.verified_pdu(event, &version, &room_id).await?;
             if self.store().event(&pdu.event_id).await?.is_none() {
+                self.fill_gap(origin, &pdu, &version).await?;
                 self.append_remote(&pdu, &version, None).await?;
             }
             Ok(())
@@ -391,12 +397,67 @@ impl Homeserver {
         if pdu.room_id != room_id {
             return Err(Error::bad_json("The event is for another room"));
         }
+        Ok(pdu)
+    }
+
+    /// The parents of `pdu` this server does not have.
+    async fn missing_parents(&self, pdu: &Pdu) -> Result<Vec<OwnedEventId>> {
+        let mut missing = Vec::new();
         for prev in &pdu.prev_events {
             if self.store().event(prev).await?.is_none() {
-                return Err(Error::bad_json(format!("Unknown previous event {prev}")));
+                missing.push(prev.clone());
             }
         }
-        Ok(pdu)
+        Ok(missing)
+    }
+
+    /// Fetches from `origin` the events between this server's view of the room and `pdu`
+    /// (`get_missing_events`), checks them, and appends them oldest first. Fails if they do
+    /// not connect `pdu` to events this server has.
+    async fn fill_gap(
+        &self,
+        origin: &ServerName,
+        pdu: &Pdu,
+        version: &RoomVersionId,
+    ) -> Result<()> {
+        if self.missing_parents(pdu).await?.is_empty() {
+            return Ok(());
+        }
+        let (extremities, _) = self.store().forward_extremities(&pdu.room_id).await?;
+        let body = json!({
+            "earliest_events": extremities,
+            "latest_events": [pdu.event_id],
+            "limit": 20,
+            "min_depth": 0,
+        });
+        let answer = self
+            .federation()
+            .get_missing_events(origin, &pdu.room_id, body)
+            .await
+            .map_err(|e| Error::bad_json(format!("Parents unknown, and not given: {e}")))?;
+        let mut events = Vec::new();
+        for raw in answer["events"].as_array().into_iter().flatten() {
+            let Ok(object) = serde_json::from_value::<CanonicalJsonObject>(raw.clone()) else {
+                continue;
+            };
+            let event = self.verified_pdu(&object, version, &pdu.room_id).await?;
+            if self.store().event(&event.event_id).await?.is_none() {
+                events.push(event);
+            }
+        }
+        events.sort_by_key(|e| e.depth);
+        for event in &events {
+            if !self.missing_parents(event).await?.is_empty() {
+                return Err(Error::bad_json(
+                    "The missing events do not reach known ones",
+                ));
+            }
+            self.append_remote(event, version, None).await?;
+        }
+        match self.missing_parents(pdu).await?.first() {
+            Some(prev) => Err(Error::bad_json(format!("Unknown previous event {prev}"))),
+            None => Ok(()),
+        }
     }
 
     /// Checks a verified remote event against the current state and appends it; a join handled
@@ -493,38 +554,5 @@ impl Homeserver {
             }
         }
         Ok(chain.into_values().collect())
-    }
-}
-
-impl Homeserver {
-    /// `GET /_matrix/federation/v1/event/{eventId}`: an event, for a server with a member
-    /// joined to its room (or one that was invited: its user is the event's target).
-    pub async fn federation_event(
-        &self,
-        origin: &ServerName,
-        event_id: &ruma::EventId,
-    ) -> Result<Value> {
-        let event = self
-            .store()
-            .event(event_id)
-            .await?
-            .ok_or_else(|| Error::not_found("Unknown event"))?
-            .pdu;
-        let members = self.store().members_with(&event.room_id, "join").await?;
-        let invited_target = event
-            .state_key
-            .as_deref()
-            .and_then(|k| UserId::parse(k).ok())
-            .is_some_and(|u| u.server_name() == origin);
-        if !members.iter().any(|u| u.server_name() == origin) && !invited_target {
-            return Err(Error::forbidden("Your server is not in that room"));
-        }
-        let pdu: Value = serde_json::from_str(&event.json)
-            .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?;
-        Ok(json!({
-            "origin": self.config().server_name,
-            "origin_server_ts": self.now_ms(),
-            "pdus": [pdu],
-        }))
     }
 }

@@ -22,6 +22,8 @@ pub enum Fault {
     Hang,
     /// Answer this status with a Matrix error body.
     Status(u16),
+    /// Answer 200 with an empty transaction result without forwarding: what was sent is lost.
+    Swallow,
 }
 
 struct Shared {
@@ -129,6 +131,7 @@ async fn forward(
     };
     match fault {
         Fault::Hang => unreachable!("held above"),
+        Fault::Swallow => axum::Json(serde_json::json!({ "pdus": {} })).into_response(),
         Fault::Status(status) => (
             StatusCode::from_u16(status).unwrap(),
             axum::Json(serde_json::json!({ "errcode": "M_UNKNOWN", "error": "injected fault" })),
