@@ -1,15 +1,13 @@
 //! The federation HTTP client: finds where a server listens, signs each request with X-Matrix,
 //! and turns every way a request can fail into a [`RemoteError`].
 //!
-//! Where a server listens (the spec's server discovery): a configured static route wins (tests,
-//! private networks); an IP literal or a name with an explicit port is used as is; otherwise
-//! `https://<name>/.well-known/matrix/server` may delegate to another name (with its own port
-//! rules), and the default port is 8448. TLS uses the name being connected to for SNI and the
-//! certificate check, which is on unless the operator turns it off. SRV records are not looked
-//! up yet.
+//! Where a server listens: a configured static route wins (tests, private networks); otherwise
+//! the spec's server discovery ([`crate::discovery`]: IP literals and explicit ports,
+//! `.well-known` delegation, SRV records, port 8448), remembered for an hour. TLS uses the
+//! server's (or delegated) name for SNI and the certificate check, which is on unless the
+//! operator turns it off.
 
 use std::collections::BTreeMap;
-use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,9 +16,10 @@ use ruma::{CanonicalJsonObject, CanonicalJsonValue, OwnedServerName, ServerName}
 use serde_json::Value;
 
 use crate::ServerIdentity;
+use crate::discovery::{Endpoint, Lookups, SrvResolver, direct_address, discover, srv_lookup};
 
-/// How long a `.well-known` answer (or its absence) is remembered.
-const WELL_KNOWN_TTL: Duration = Duration::from_secs(60 * 60);
+/// How long a discovered endpoint is remembered.
+const DISCOVERY_TTL: Duration = Duration::from_secs(60 * 60);
 /// The longest a `.well-known` lookup may take.
 const WELL_KNOWN_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -35,26 +34,34 @@ pub struct ClientSettings {
     pub static_routes: BTreeMap<String, String>,
 }
 
-/// A remembered `.well-known` answer: when it was fetched and the `m.server` it named, if any.
-type Delegation = (Instant, Option<String>);
-
 /// Sends signed requests to other servers. Cheap to clone.
 #[derive(Clone)]
 pub struct FederationClient {
     http: reqwest::Client,
     identity: ServerIdentity,
     static_routes: Arc<BTreeMap<String, String>>,
-    well_known: Arc<Mutex<BTreeMap<OwnedServerName, Delegation>>>,
+    /// Discovered endpoints, with when they were found.
+    endpoints: Arc<Mutex<BTreeMap<OwnedServerName, (Instant, Endpoint)>>>,
+    resolver: SrvResolver,
+    /// SRV lookups; `None` where the system's DNS configuration cannot be read.
+    dns: Option<Arc<hickory_resolver::TokioResolver>>,
     sender_wake: Arc<tokio::sync::Notify>,
 }
 
 impl FederationClient {
     /// Builds a client that signs as `identity`.
     pub fn new(identity: ServerIdentity, settings: &ClientSettings) -> Result<Self, String> {
+        let resolver = SrvResolver::default();
+        let dns = hickory_resolver::TokioResolver::builder_tokio()
+            .and_then(|b| b.build())
+            .map_err(|e| tracing::warn!(%e, "no DNS configuration: SRV records are not looked up"))
+            .ok()
+            .map(Arc::new);
         let mut builder = reqwest::Client::builder()
             .user_agent(concat!("Cairn/", env!("CARGO_PKG_VERSION")))
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(10))
+            .dns_resolver(Arc::new(resolver.clone()))
             .danger_accept_invalid_certs(!settings.verify_tls);
         for pem in &settings.extra_roots_pem {
             let cert = reqwest::Certificate::from_pem(pem).map_err(|e| e.to_string())?;
@@ -64,7 +71,9 @@ impl FederationClient {
             http: builder.build().map_err(|e| e.to_string())?,
             identity,
             static_routes: Arc::new(settings.static_routes.clone()),
-            well_known: Arc::default(),
+            endpoints: Arc::default(),
+            resolver,
+            dns,
             sender_wake: Arc::default(),
         })
     }
@@ -140,24 +149,38 @@ impl FederationClient {
         if let Some(direct) = direct_address(server.as_str()) {
             return format!("https://{direct}");
         }
-        match self.delegation(server).await {
-            Some(delegated) => {
-                let target = direct_address(&delegated).unwrap_or(format!("{delegated}:8448"));
-                format!("https://{target}")
+        let cached = self.endpoints.lock().ok().and_then(|cache| {
+            cache
+                .get(server)
+                .filter(|(at, _)| at.elapsed() < DISCOVERY_TTL)
+                .map(|(_, endpoint)| endpoint.clone())
+        });
+        let endpoint = match cached {
+            Some(endpoint) => endpoint,
+            None => {
+                let endpoint = discover(server, self).await;
+                if let Ok(mut cache) = self.endpoints.lock() {
+                    cache.insert(server.to_owned(), (Instant::now(), endpoint.clone()));
+                }
+                endpoint
             }
-            None => format!("https://{}:8448", server.host()),
+        };
+        if let Some(target) = &endpoint.connect_host {
+            let host = endpoint
+                .authority
+                .rsplit_once(':')
+                .map_or(endpoint.authority.as_str(), |(host, _)| host);
+            self.resolver.map(host, target);
         }
+        format!("https://{}", endpoint.authority)
     }
+}
 
-    /// The `m.server` of `server`'s `.well-known`, cached for an hour either way.
-    async fn delegation(&self, server: &ServerName) -> Option<String> {
-        if let Some((at, answer)) = self.well_known.lock().ok()?.get(server)
-            && at.elapsed() < WELL_KNOWN_TTL
-        {
-            return answer.clone();
-        }
-        let url = format!("https://{}/.well-known/matrix/server", server.host());
-        let answer = match self.http.get(url).timeout(WELL_KNOWN_TIMEOUT).send().await {
+#[async_trait::async_trait]
+impl Lookups for FederationClient {
+    async fn well_known(&self, host: &str) -> Option<String> {
+        let url = format!("https://{host}/.well-known/matrix/server");
+        match self.http.get(url).timeout(WELL_KNOWN_TIMEOUT).send().await {
             Ok(res) if res.status().is_success() => res
                 .json::<Value>()
                 .await
@@ -165,24 +188,12 @@ impl FederationClient {
                 .and_then(|v| v.get("m.server")?.as_str().map(str::to_owned))
                 .filter(|name| ServerName::parse(name).is_ok()),
             _ => None,
-        };
-        if let Ok(mut cache) = self.well_known.lock() {
-            cache.insert(server.to_owned(), (Instant::now(), answer.clone()));
         }
-        answer
     }
-}
 
-/// `host:port` when the name itself says where to connect: an IP literal (port 8448 unless
-/// given) or any name with an explicit port.
-fn direct_address(name: &str) -> Option<String> {
-    let server = ServerName::parse(name).ok()?;
-    if server.port().is_some() {
-        return Some(name.to_owned());
+    async fn srv(&self, name: &str) -> Option<(String, u16)> {
+        srv_lookup(self.dns.as_deref()?, name).await
     }
-    let host = server.host();
-    let ip = host.trim_start_matches('[').trim_end_matches(']');
-    ip.parse::<IpAddr>().ok().map(|_| format!("{host}:8448"))
 }
 
 /// The JSON body of a successful answer; anything else as the matching [`RemoteError`].
@@ -219,22 +230,4 @@ fn describe(err: &reqwest::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn names_that_say_where_to_connect() {
-        assert_eq!(direct_address("1.2.3.4"), Some("1.2.3.4:8448".into()));
-        assert_eq!(direct_address("1.2.3.4:99"), Some("1.2.3.4:99".into()));
-        assert_eq!(direct_address("[::1]"), Some("[::1]:8448".into()));
-        assert_eq!(direct_address("[::1]:99"), Some("[::1]:99".into()));
-        assert_eq!(
-            direct_address("example.org:8000"),
-            Some("example.org:8000".into())
-        );
-        assert_eq!(direct_address("example.org"), None, "needs discovery");
-    }
 }

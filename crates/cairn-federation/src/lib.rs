@@ -6,6 +6,7 @@
 //! durable outbound sender join this crate with federation proper.
 
 pub mod client;
+pub mod discovery;
 pub mod identity;
 pub mod sender;
 pub mod server_keys;
