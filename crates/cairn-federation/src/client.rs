@@ -1,7 +1,8 @@
 //! The federation HTTP client: finds where a server listens, signs each request with X-Matrix,
 //! and turns every way a request can fail into a [`RemoteError`].
 //!
-//! Where a server listens: a configured static route wins (tests, private networks); otherwise
+//! Where a server listens: a configured static route wins (tests, private networks: the
+//! connection goes to the route's address, TLS still checks the server's name); otherwise
 //! the spec's server discovery ([`crate::discovery`]: IP literals and explicit ports,
 //! `.well-known` delegation, SRV records, port 8448), remembered for an hour. TLS uses the
 //! server's (or delegated) name for SNI and the certificate check, which is on unless the
@@ -144,7 +145,16 @@ impl FederationClient {
     /// `https://host:port` for `server`, following the discovery rules above.
     async fn base_url(&self, server: &ServerName) -> String {
         if let Some(route) = self.static_routes.get(server.as_str()) {
-            return format!("https://{route}");
+            // Like curl's --resolve: the connection goes to the route, while TLS and `Host`
+            // keep the server's name, so certificates are checked against it.
+            return match route.rsplit_once(':') {
+                Some((address, port)) => {
+                    let address = address.trim_start_matches('[').trim_end_matches(']');
+                    self.resolver.map(server.host(), address);
+                    format!("https://{}:{port}", server.host())
+                }
+                None => format!("https://{route}"),
+            };
         }
         if let Some(direct) = direct_address(server.as_str()) {
             return format!("https://{direct}");

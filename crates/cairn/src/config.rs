@@ -98,7 +98,8 @@ pub struct Federation {
     pub verify_tls: bool,
     /// A PEM file of extra trusted root certificates (a private CA).
     pub ca_file: Option<PathBuf>,
-    /// Fixed `host:port` per server name, used instead of server discovery.
+    /// Fixed `address:port` per server name, used instead of server discovery (TLS still
+    /// checks the server's name).
     pub static_routes: std::collections::BTreeMap<String, String>,
     /// The wait before retrying a server after its first failure, in milliseconds.
     pub backoff_min_ms: u64,

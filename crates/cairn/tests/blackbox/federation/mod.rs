@@ -1,7 +1,7 @@
 //! Federation between Cairn servers started in this test process on loopback ports, each with
-//! a static route to the others (no discovery) and TLS verification off (self-signed
-//! certificates), optionally through a fault-injecting proxy in front of each federation
-//! listener (`proxy`). This module is the kit; `transport` tests signing, keys, to-device and
+//! a static route to the others (no discovery) and TLS checked against a test CA (`ca`) that
+//! signed each server's certificate, optionally through a fault-injecting proxy in front of each
+//! federation listener (`proxy`). This module is the kit; `transport` tests signing, keys, to-device and
 //! the queue, `rooms` tests rooms, invites and queries across servers, `device_lists` device
 //! lists across servers, `faults` what the proxy's faults do.
 
@@ -24,6 +24,8 @@ struct Federation {
     /// One per server when started with [`Self::start_proxied`]; other servers reach server
     /// `i` only through `proxies[i]`.
     proxies: Vec<proxy::FaultProxy>,
+    /// Signed every server's certificate; trusted by every server.
+    ca: ca::TestCa,
     _dirs: Vec<TempDir>,
     _databases: Vec<cairn_store::testing::TempDatabase>,
 }
@@ -62,20 +64,24 @@ impl Federation {
             configs: Vec::new(),
             addrs: Vec::new(),
             proxies: Vec::new(),
+            ca: ca::TestCa::new(),
             _dirs: Vec::new(),
             _databases: Vec::new(),
         };
+        let certificates: Vec<_> = names.iter().map(|name| fed.ca.issue(name)).collect();
         if proxied {
-            for (name, (_, federation)) in names.iter().zip(&listeners) {
-                let dir = tempfile::tempdir().unwrap();
+            for ((name, (_, federation)), (cert, key)) in
+                names.iter().zip(&listeners).zip(&certificates)
+            {
                 let proxy =
-                    proxy::FaultProxy::start(federation.local_addr().unwrap(), dir.path()).await;
+                    proxy::FaultProxy::start(federation.local_addr().unwrap(), cert, key).await;
                 routes.insert(name.to_string(), proxy.addr.to_string());
                 fed.proxies.push(proxy);
-                fed._dirs.push(dir);
             }
         }
-        for (name, (client, federation)) in names.iter().zip(listeners) {
+        for ((name, (client, federation)), (cert, key)) in
+            names.iter().zip(listeners).zip(certificates)
+        {
             let dir = tempfile::tempdir().unwrap();
             let mut config = Config {
                 server_name: name.to_string(),
@@ -84,7 +90,10 @@ impl Federation {
             };
             config.registration.open = true;
             config.metrics.enabled = false;
-            config.federation.verify_tls = false;
+            config.tls.cert = Some(cert);
+            config.tls.key = Some(key);
+            config.federation.verify_tls = true;
+            config.federation.ca_file = Some(fed.ca.ca_file.clone());
             config.federation.static_routes = routes.clone();
             config.federation.backoff_min_ms = 100;
             config.federation.backoff_max_ms = 1_000;
@@ -198,6 +207,7 @@ async fn see_message(client: &Client, session: &Session, room_id: &str, body: &s
     .await
 }
 
+mod ca;
 mod device_lists;
 mod faults;
 mod proxy;

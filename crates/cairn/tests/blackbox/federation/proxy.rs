@@ -43,12 +43,10 @@ pub struct FaultProxy {
 }
 
 impl FaultProxy {
-    /// A proxy on a fresh loopback port, forwarding to `backend` (a federation listener).
-    pub async fn start(backend: SocketAddr, dir: &std::path::Path) -> Self {
-        let files = cairn_federation::tls::self_signed_in(dir, &["localhost".into()]).unwrap();
-        let tls = RustlsConfig::from_pem_file(&files.cert, &files.key)
-            .await
-            .unwrap();
+    /// A proxy on a fresh loopback port, forwarding to `backend` (a federation listener),
+    /// presenting the backend's certificate.
+    pub async fn start(backend: SocketAddr, cert: &std::path::Path, key: &std::path::Path) -> Self {
+        let tls = RustlsConfig::from_pem_file(cert, key).await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let proxy = Self {
             addr: listener.local_addr().unwrap(),

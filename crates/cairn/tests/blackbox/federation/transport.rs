@@ -239,13 +239,17 @@ async fn queued_edus_survive_kill_9_of_the_sender(backend: crate::harness::Backe
     let bob = b.register("bob", "pw").await;
     fed.stop_server(0).await;
 
+    // A (localhost:8448) has a certificate from the kit's CA and trusts it, as B does.
+    let (cert, key) = fed.ca.issue("localhost");
     let config = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(
         config.path(),
         format!(
-            "[federation]\nverify_tls = false\nbackoff_min_ms = 100\nbackoff_max_ms = 500\n\
+            "[tls]\ncert = {cert:?}\nkey = {key:?}\n\
+             [federation]\nca_file = {ca:?}\nbackoff_min_ms = 100\nbackoff_max_ms = 500\n\
              [federation.static_routes]\n\"b.test\" = \"{}\"\n",
-            fed.addrs[0].1
+            fed.addrs[0].1,
+            ca = fed.ca.ca_file,
         ),
     )
     .unwrap();
@@ -287,5 +291,35 @@ async fn queued_edus_survive_kill_9_of_the_sender(backend: crate::harness::Backe
         all,
         [json!({ "n": 1 }), json!({ "n": 2 }), json!({ "n": 3 })]
     );
+    fed.stop().await;
+}
+
+/// TLS is checked against the server's name: an address that answers with another server's
+/// certificate is refused, though the same address under its own name is fine.
+#[tokio::test]
+async fn a_certificate_for_another_name_is_refused() {
+    let mut fed = Federation::start(&["a.test", "b.test"], &[]).await;
+    let a_federation = fed.addrs[0].1.to_string();
+    fed.configs[1]
+        .federation
+        .static_routes
+        .insert("c.test".into(), a_federation);
+    fed.stop_server(1).await;
+    fed.restart_server(1).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let query = b
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({ "device_keys": { alice.user_id.as_str(): [], "@carol:c.test": [] } }),
+        )
+        .await
+        .ok();
+    assert_eq!(query["failures"]["c.test"]["status"], 503, "{query}");
+    let message = query["failures"]["c.test"]["message"].as_str().unwrap();
+    assert!(message.contains("certificate"), "{message}");
+    assert!(query["failures"].get("a.test").is_none(), "{query}");
     fed.stop().await;
 }
