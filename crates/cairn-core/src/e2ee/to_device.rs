@@ -67,20 +67,25 @@ impl Homeserver {
                     .insert(user_id, by_device);
             }
         }
-        for (destination, messages) in remote {
-            let content = serde_json::json!({
-                "sender": me.user_id,
-                "type": event_type,
-                "message_id": crate::secrets::random_alphanumeric(24),
-                "messages": messages,
-            });
-            let edu = serde_json::json!({ "edu_type": "m.direct_to_device", "content": content });
-            batch.outbound.push(Outbound {
-                destination,
-                kind: ItemKind::Edu,
-                json: serde_json::value::to_raw_value(&edu)
-                    .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?,
-            });
+        // One EDU per recipient (as Synapse sends them), each with its own message ID: a
+        // message to many users stays many EDUs of bounded size, which transactions split.
+        for (destination, users) in remote {
+            for (user_id, by_device) in users {
+                let content = serde_json::json!({
+                    "sender": me.user_id,
+                    "type": event_type,
+                    "message_id": crate::secrets::random_alphanumeric(24),
+                    "messages": { user_id.as_str(): by_device },
+                });
+                let edu =
+                    serde_json::json!({ "edu_type": "m.direct_to_device", "content": content });
+                batch.outbound.push(Outbound {
+                    destination: destination.clone(),
+                    kind: ItemKind::Edu,
+                    json: serde_json::value::to_raw_value(&edu)
+                        .map_err(|e| Error::new(ErrorKind::Internal, e.to_string()))?,
+                });
+            }
         }
         self.deliver_to_device(batch, local).await
     }

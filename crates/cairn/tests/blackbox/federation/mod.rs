@@ -213,4 +213,5 @@ mod faults;
 mod proxy;
 mod rooms;
 mod state;
+mod to_device;
 mod transport;
