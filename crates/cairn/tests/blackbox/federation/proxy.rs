@@ -98,11 +98,6 @@ impl FaultProxy {
         }
     }
 
-    /// Every request that reached the proxy, as `METHOD path`.
-    pub fn log(&self) -> Vec<String> {
-        self.shared.seen.lock().unwrap().clone()
-    }
-
     /// How many requests whose `METHOD path` starts with `prefix` reached the proxy.
     pub fn seen(&self, prefix: &str) -> usize {
         let seen = self.shared.seen.lock().unwrap();
