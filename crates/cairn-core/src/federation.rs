@@ -95,6 +95,16 @@ pub trait Federation: Send + Sync {
         Err(RemoteError::Unreachable("federation is disabled".into()))
     }
 
+    /// `GET /_matrix/federation/v1/query/directory?room_alias=...`.
+    async fn query_directory(
+        &self,
+        destination: &ServerName,
+        alias: &ruma::RoomAliasId,
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, alias);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
+
     /// `POST /_matrix/federation/v1/get_missing_events/{roomId}`.
     async fn get_missing_events(
         &self,

@@ -143,6 +143,26 @@ impl Federation for Transport {
             .await
     }
 
+    async fn query_directory(
+        &self,
+        destination: &ServerName,
+        alias: &ruma::RoomAliasId,
+    ) -> Result<Value, RemoteError> {
+        let path = format!(
+            "/_matrix/federation/v1/query/directory?room_alias={}",
+            encode(alias.as_str())
+        );
+        self.client
+            .send(
+                destination,
+                reqwest::Method::GET,
+                &path,
+                None,
+                PROFILE_TIMEOUT,
+            )
+            .await
+    }
+
     async fn get_missing_events(
         &self,
         destination: &ServerName,

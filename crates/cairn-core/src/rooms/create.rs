@@ -270,6 +270,35 @@ impl Homeserver {
 
     /// Resolves an alias (`GET /directory/room/{alias}`).
     pub async fn resolve_alias(&self, alias: &RoomAliasId) -> Result<(OwnedRoomId, Vec<String>)> {
+        let server = alias.server_name();
+        if server != self.config().server_name {
+            // Another server's alias: that server says where it points.
+            let answer = self
+                .federation()
+                .query_directory(server, alias)
+                .await
+                .map_err(|e| match e {
+                    crate::federation::RemoteError::Status { status: 404, .. } => {
+                        Error::not_found("Room alias not found")
+                    }
+                    e => Error::new(ErrorKind::Unknown, format!("Could not ask {server}: {e}")),
+                })?;
+            let room_id = answer["room_id"]
+                .as_str()
+                .and_then(|id| ruma::RoomId::parse(id).ok())
+                .ok_or_else(|| {
+                    Error::new(ErrorKind::Unknown, format!("{server} gave no room ID"))
+                })?;
+            let servers = answer["servers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|s| s.as_str())
+                .filter(|s| ruma::ServerName::parse(s).is_ok())
+                .map(str::to_owned)
+                .collect();
+            return Ok((room_id, servers));
+        }
         let (room_id, _) = self
             .store()
             .alias(alias)

@@ -18,9 +18,16 @@ impl Homeserver {
         room_id_or_alias: &str,
         via: &[OwnedServerName],
     ) -> Result<OwnedRoomId> {
+        let mut via = via.to_vec();
         let room_id = if room_id_or_alias.starts_with('#') {
             let alias = Self::parse_alias(room_id_or_alias)?;
-            self.resolve_alias(&alias).await?.0
+            let (room_id, servers) = self.resolve_alias(&alias).await?;
+            via.extend(
+                servers
+                    .iter()
+                    .filter_map(|s| OwnedServerName::try_from(s.as_str()).ok()),
+            );
+            room_id
         } else {
             RoomId::parse(room_id_or_alias).map_err(|_| Error::invalid_param("Invalid room ID"))?
         };

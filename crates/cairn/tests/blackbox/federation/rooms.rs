@@ -370,5 +370,37 @@ async fn profile_and_directory_queries_are_answered_for_local_users_and_aliases(
         .await
         .ok();
     assert_eq!(seen["displayname"], "Alice A");
+
+    // ... and resolves her alias through her server, then joins by it.
+    let resolved = b_client
+        .get(
+            &format!("/_matrix/client/v3/directory/room/{}", enc("#lobby:a.test")),
+            Some(&bob.token),
+        )
+        .await
+        .ok();
+    assert_eq!(
+        resolved,
+        json!({ "room_id": room_id, "servers": ["a.test"] })
+    );
+    b_client
+        .get(
+            &format!(
+                "/_matrix/client/v3/directory/room/{}",
+                enc("#nowhere:a.test")
+            ),
+            Some(&bob.token),
+        )
+        .await
+        .assert_error(404, "M_NOT_FOUND");
+    let joined = b_client
+        .post(
+            &format!("/_matrix/client/v3/join/{}", enc("#lobby:a.test")),
+            Some(&bob.token),
+            json!({}),
+        )
+        .await
+        .ok();
+    assert_eq!(joined["room_id"], room_id);
     fed.stop().await;
 }
