@@ -246,3 +246,53 @@ async fn an_update_out_of_sequence_makes_the_receiver_fetch_the_whole_list() {
     assert_eq!(applied.stream_id, after.stream_id + 1);
     fed.stop().await;
 }
+
+/// DF-26 and DF-10: once no local user shares a room with alice, b.test stops trusting its copy
+/// of her list: the next query asks a.test, and nothing of hers stays cached.
+#[tokio::test]
+async fn a_list_is_dropped_when_no_room_is_shared_any_more() {
+    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    upload_device_keys(&a, &alice).await;
+    let room_id = create_room(&a, &alice, json!({ "preset": "public_chat" })).await;
+    join_via(&b, &bob, &room_id, "a.test").await;
+    let b_server = fed.servers[1].as_ref().unwrap();
+    cached_list(b_server, &alice.user_id, |l| l.devices.len() == 1).await;
+
+    b.post(
+        &format!("/_matrix/client/v3/rooms/{}/leave", enc(&room_id)),
+        Some(&bob.token),
+        json!({}),
+    )
+    .await
+    .ok();
+    let queries = fed.proxies[0].seen("POST /_matrix/federation/v1/user/keys/query");
+    let query = b
+        .post(
+            "/_matrix/client/v3/keys/query",
+            Some(&bob.token),
+            json!({ "device_keys": { alice.user_id.as_str(): [] } }),
+        )
+        .await
+        .ok();
+    assert!(
+        query["device_keys"][&alice.user_id][&alice.device_id].is_object(),
+        "{query}"
+    );
+    assert_eq!(
+        fed.proxies[0].seen("POST /_matrix/federation/v1/user/keys/query"),
+        queries + 1,
+        "asked a.test, not the cache"
+    );
+    let alice_id: ruma::OwnedUserId = alice.user_id.as_str().try_into().unwrap();
+    let cached = b_server
+        .homeserver
+        .store()
+        .remote_device_list(&alice_id)
+        .await
+        .unwrap();
+    assert!(cached.is_none(), "the copy was dropped");
+    fed.stop().await;
+}
