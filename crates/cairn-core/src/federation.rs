@@ -41,7 +41,8 @@ impl RemoteError {
     }
 }
 
-/// The federation requests the rules make. Each call is one signed request to one server.
+/// The federation requests the rules make. Each call is one signed request to one server. Every
+/// request fails as unreachable unless an implementation provides it.
 #[async_trait]
 pub trait Federation: Send + Sync {
     /// `POST /_matrix/federation/v1/user/keys/query`.
@@ -50,7 +51,10 @@ pub trait Federation: Send + Sync {
         destination: &ServerName,
         body: Value,
         timeout: Duration,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, body, timeout);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `POST /_matrix/federation/v1/user/keys/claim`.
     async fn claim_keys(
@@ -58,7 +62,10 @@ pub trait Federation: Send + Sync {
         destination: &ServerName,
         body: Value,
         timeout: Duration,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, body, timeout);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `GET /_matrix/federation/v1/make_join/{roomId}/{userId}?ver=...`.
     async fn make_join(
@@ -67,7 +74,10 @@ pub trait Federation: Send + Sync {
         room_id: &ruma::RoomId,
         user_id: &ruma::UserId,
         versions: &[&str],
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, user_id, versions);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `PUT /_matrix/federation/v2/send_join/{roomId}/{eventId}`.
     async fn send_join(
@@ -76,14 +86,20 @@ pub trait Federation: Send + Sync {
         room_id: &ruma::RoomId,
         event_id: &ruma::EventId,
         event: Value,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, event_id, event);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `GET /_matrix/federation/v1/query/profile?user_id=...`.
     async fn query_profile(
         &self,
         destination: &ServerName,
         user_id: &ruma::UserId,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, user_id);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `GET /_matrix/federation/v1/user/devices/{userId}`: the user's whole device list.
     async fn user_devices(
@@ -122,7 +138,10 @@ pub trait Federation: Send + Sync {
         destination: &ServerName,
         room_id: &ruma::RoomId,
         user_id: &ruma::UserId,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, user_id);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `PUT /_matrix/federation/v2/send_leave/{roomId}/{eventId}`.
     async fn send_leave(
@@ -131,7 +150,10 @@ pub trait Federation: Send + Sync {
         room_id: &ruma::RoomId,
         event_id: &ruma::EventId,
         event: Value,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, event_id, event);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// `PUT /_matrix/federation/v2/invite/{roomId}/{eventId}`.
     async fn send_invite(
@@ -140,10 +162,13 @@ pub trait Federation: Send + Sync {
         room_id: &ruma::RoomId,
         event_id: &ruma::EventId,
         body: Value,
-    ) -> Result<Value, RemoteError>;
+    ) -> Result<Value, RemoteError> {
+        let _ = (destination, room_id, event_id, body);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 
     /// Items were queued for other servers: the sender should look at the queue now.
-    fn wake_sender(&self);
+    fn wake_sender(&self) {}
 
     /// Checks the signatures and content hash of an event from another server, fetching the
     /// signing servers' keys as needed.
@@ -151,96 +176,17 @@ pub trait Federation: Send + Sync {
         &self,
         event: &ruma::CanonicalJsonObject,
         version: &ruma::RoomVersionId,
-    ) -> Result<(), RemoteError>;
+    ) -> Result<(), RemoteError> {
+        let _ = (event, version);
+        Err(RemoteError::Unreachable("federation is disabled".into()))
+    }
 }
 
 /// For a homeserver that does not federate (and for tests that need no other server): every
 /// request fails as unreachable.
 pub struct NoFederation;
 
-#[async_trait]
-impl Federation for NoFederation {
-    async fn query_keys(
-        &self,
-        _: &ServerName,
-        _: Value,
-        _: Duration,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn claim_keys(
-        &self,
-        _: &ServerName,
-        _: Value,
-        _: Duration,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn make_join(
-        &self,
-        _: &ServerName,
-        _: &ruma::RoomId,
-        _: &ruma::UserId,
-        _: &[&str],
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn send_join(
-        &self,
-        _: &ServerName,
-        _: &ruma::RoomId,
-        _: &ruma::EventId,
-        _: Value,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn send_invite(
-        &self,
-        _: &ServerName,
-        _: &ruma::RoomId,
-        _: &ruma::EventId,
-        _: Value,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn make_leave(
-        &self,
-        _: &ServerName,
-        _: &ruma::RoomId,
-        _: &ruma::UserId,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn query_profile(&self, _: &ServerName, _: &ruma::UserId) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    async fn send_leave(
-        &self,
-        _: &ServerName,
-        _: &ruma::RoomId,
-        _: &ruma::EventId,
-        _: Value,
-    ) -> Result<Value, RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-
-    fn wake_sender(&self) {}
-
-    async fn verify_event(
-        &self,
-        _: &ruma::CanonicalJsonObject,
-        _: &ruma::RoomVersionId,
-    ) -> Result<(), RemoteError> {
-        Err(RemoteError::Unreachable("federation is disabled".into()))
-    }
-}
+impl Federation for NoFederation {}
 
 /// When to try a destination again after failed attempts. The default is Synapse's schedule:
 /// 10 minutes after the first failure, then twice as long each time (with jitter), at most a

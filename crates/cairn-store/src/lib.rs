@@ -12,6 +12,7 @@
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
+mod cross_signing;
 mod device_lists;
 mod e2ee;
 mod federation;

@@ -214,65 +214,6 @@ mod tests {
             self.answer(s, b).await
         }
 
-        async fn make_join(
-            &self,
-            _: &ServerName,
-            _: &ruma::RoomId,
-            _: &ruma::UserId,
-            _: &[&str],
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        async fn send_join(
-            &self,
-            _: &ServerName,
-            _: &ruma::RoomId,
-            _: &ruma::EventId,
-            _: Value,
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        async fn send_invite(
-            &self,
-            _: &ServerName,
-            _: &ruma::RoomId,
-            _: &ruma::EventId,
-            _: Value,
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        async fn make_leave(
-            &self,
-            _: &ServerName,
-            _: &ruma::RoomId,
-            _: &ruma::UserId,
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        async fn query_profile(
-            &self,
-            _: &ServerName,
-            _: &ruma::UserId,
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        async fn send_leave(
-            &self,
-            _: &ServerName,
-            _: &ruma::RoomId,
-            _: &ruma::EventId,
-            _: Value,
-        ) -> Result<Value, RemoteError> {
-            Err(RemoteError::Unreachable("not scripted".into()))
-        }
-
-        fn wake_sender(&self) {}
-
         async fn verify_event(
             &self,
             _: &ruma::CanonicalJsonObject,

@@ -195,8 +195,7 @@ impl RoomStore for SqlStore {
             .fetch_optional(&mut *tx)
             .await
             .map_err(backend_err)?;
-            if let Some(row) = row {
-                let current = stream_event(&row)?;
+            if let Some(current) = row.as_ref().map(stream_event).transpose()? {
                 make_current(&mut tx, &current.pdu, current.pos).await?;
             }
         }
@@ -301,42 +300,8 @@ impl RoomStore for SqlStore {
         invite: &Pdu,
         stripped_state: &str,
     ) -> StoreResult<u64> {
-        let room = invite.room_id.as_str();
-        let target = invite.state_key.as_deref().unwrap_or_default();
         let mut tx = self.begin().await?;
-        sqlx::query(
-            "INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        )
-        .bind(room)
-        .bind(version.as_str())
-        .execute(&mut *tx)
-        .await
-        .map_err(backend_err)?;
-        let known: Option<i64> =
-            sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
-                .bind(invite.event_id.as_str())
-                .fetch_optional(&mut *tx)
-                .await
-                .map_err(backend_err)?;
-        let pos = match known {
-            Some(pos) => from_ms(pos),
-            None => {
-                let pos = next_position(&mut tx).await?;
-                insert_event(&mut tx, invite, pos, true).await?;
-                make_current(&mut tx, invite, pos).await?;
-                pos
-            }
-        };
-        sqlx::query(
-            "INSERT INTO remote_invite_state (room_id, user_id, state_json) VALUES ($1, $2, $3) \
-             ON CONFLICT (room_id, user_id) DO UPDATE SET state_json = excluded.state_json",
-        )
-        .bind(room)
-        .bind(target)
-        .bind(stripped_state)
-        .execute(&mut *tx)
-        .await
-        .map_err(backend_err)?;
+        let pos = writes::remote_membership(&mut tx, version, invite, stripped_state).await?;
         tx.commit().await.map_err(backend_err)?;
         Ok(pos)
     }

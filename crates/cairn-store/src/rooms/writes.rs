@@ -3,7 +3,7 @@
 use cairn_core::rooms::pdu::Pdu;
 use cairn_core::store::StoreResult;
 
-use crate::{backend_err, ms};
+use crate::{backend_err, from_ms, ms, next_position};
 
 /// Stores an event at `pos`; an outlier is kept out of timelines.
 pub(super) async fn insert_event(
@@ -67,4 +67,48 @@ pub(super) async fn make_current(
         .map_err(backend_err)?;
     }
     Ok(())
+}
+
+/// Records a membership event of a local user in a room this server is not in, with the
+/// stripped state to show with it (see `RoomStore::store_remote_membership`), inside `tx`.
+pub(super) async fn remote_membership(
+    tx: &mut sqlx::AnyConnection,
+    version: &ruma::RoomVersionId,
+    invite: &Pdu,
+    stripped_state: &str,
+) -> StoreResult<u64> {
+    let room = invite.room_id.as_str();
+    let target = invite.state_key.as_deref().unwrap_or_default();
+    sqlx::query("INSERT INTO rooms (room_id, room_version) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+        .bind(room)
+        .bind(version.as_str())
+        .execute(&mut *tx)
+        .await
+        .map_err(backend_err)?;
+    let known: Option<i64> =
+        sqlx::query_scalar("SELECT stream_pos FROM events WHERE event_id = $1")
+            .bind(invite.event_id.as_str())
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(backend_err)?;
+    let pos = match known {
+        Some(pos) => from_ms(pos),
+        None => {
+            let pos = next_position(tx).await?;
+            insert_event(tx, invite, pos, true).await?;
+            make_current(tx, invite, pos).await?;
+            pos
+        }
+    };
+    sqlx::query(
+        "INSERT INTO remote_invite_state (room_id, user_id, state_json) VALUES ($1, $2, $3) \
+         ON CONFLICT (room_id, user_id) DO UPDATE SET state_json = excluded.state_json",
+    )
+    .bind(room)
+    .bind(target)
+    .bind(stripped_state)
+    .execute(&mut *tx)
+    .await
+    .map_err(backend_err)?;
+    Ok(pos)
 }
