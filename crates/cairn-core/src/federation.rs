@@ -13,10 +13,12 @@ use serde_json::Value;
 /// How a request to another server went wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RemoteError {
-    /// No answer: connection refused or reset, name resolution failed, TLS failed, or the
-    /// deadline passed.
+    /// No connection: refused or reset, name resolution failed, TLS failed.
     #[error("{0}")]
     Unreachable(String),
+    /// No answer before the deadline.
+    #[error("timed out")]
+    TimedOut,
     /// The server answered with an HTTP error.
     #[error("{status}: {message}")]
     Status {
@@ -34,10 +36,24 @@ impl RemoteError {
     /// The entry for this server in a client response's `failures`.
     pub fn to_failure(&self) -> Value {
         let status = match self {
-            RemoteError::Unreachable(_) | RemoteError::Invalid(_) => 503,
+            RemoteError::Unreachable(_) | RemoteError::TimedOut | RemoteError::Invalid(_) => 503,
             RemoteError::Status { status, .. } => *status,
         };
         serde_json::json!({ "status": status, "message": self.to_string() })
+    }
+
+    /// Whether the failure says the server could not answer (MSC4081 decision 13), and how:
+    /// `connect`, `timeout`, `http_429`, `http_5xx` or `bad_response`. Any other answer (401,
+    /// 403, 404...) is the server's word and `None`.
+    pub fn unreachable_reason(&self) -> Option<&'static str> {
+        match self {
+            RemoteError::Unreachable(_) => Some("connect"),
+            RemoteError::TimedOut => Some("timeout"),
+            RemoteError::Invalid(_) => Some("bad_response"),
+            RemoteError::Status { status: 429, .. } => Some("http_429"),
+            RemoteError::Status { status, .. } if *status >= 500 => Some("http_5xx"),
+            RemoteError::Status { .. } => None,
+        }
     }
 }
 

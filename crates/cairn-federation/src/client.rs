@@ -208,7 +208,10 @@ impl Lookups for FederationClient {
 
 /// The JSON body of a successful answer; anything else as the matching [`RemoteError`].
 async fn read_json(sent: Result<reqwest::Response, reqwest::Error>) -> Result<Value, RemoteError> {
-    let response = sent.map_err(|e| RemoteError::Unreachable(describe(&e)))?;
+    let response = sent.map_err(|e| match e.is_timeout() {
+        true => RemoteError::TimedOut,
+        false => RemoteError::Unreachable(describe(&e)),
+    })?;
     let status = response.status();
     let body = response
         .bytes()

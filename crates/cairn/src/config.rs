@@ -34,6 +34,32 @@ pub struct Config {
     pub metrics: Metrics,
     /// How this server reaches other servers.
     pub federation: Federation,
+    /// Eager fallback-key sharing (MSC4081).
+    pub msc4081: Msc4081,
+}
+
+/// Eager fallback-key sharing (MSC4081; see docs/msc4081.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Msc4081 {
+    /// Share the fallback key of every device, also those whose client did not opt in.
+    pub share_for_all_devices: bool,
+    /// Cached fallback keys older than this are not handed out, in milliseconds.
+    pub max_cached_key_age_ms: u64,
+    /// Send the bare field name `fallback_keys` (once the MSC is merged) instead of
+    /// `org.matrix.msc4081.fallback_keys`.
+    pub stable_names: bool,
+}
+
+impl Default for Msc4081 {
+    fn default() -> Self {
+        let core = cairn_core::config::Msc4081Config::default();
+        Self {
+            share_for_all_devices: core.share_for_all_devices,
+            max_cached_key_age_ms: core.max_cached_key_age_ms,
+            stable_names: core.stable_names,
+        }
+    }
 }
 
 /// Listening addresses.
@@ -107,6 +133,8 @@ pub struct Federation {
     pub backoff_multiplier: f64,
     /// The longest wait, in milliseconds.
     pub backoff_max_ms: u64,
+    /// How long a key claim waits for another server at most, in milliseconds.
+    pub claim_timeout_ms: u64,
 }
 
 impl Default for Federation {
@@ -118,6 +146,7 @@ impl Default for Federation {
             backoff_min_ms: BackoffPolicy::default().min_ms,
             backoff_multiplier: BackoffPolicy::default().multiplier,
             backoff_max_ms: BackoffPolicy::default().max_ms,
+            claim_timeout_ms: 5_000,
         }
     }
 }
@@ -135,6 +164,7 @@ impl Default for Config {
             tls: Tls::default(),
             metrics: Metrics::default(),
             federation: Federation::default(),
+            msc4081: Msc4081::default(),
         }
     }
 }

@@ -79,6 +79,13 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
 
     let mut core = CoreConfig::new(server_name);
     core.registration_open = config.registration.open;
+    core.claim_timeout_ms = config.federation.claim_timeout_ms;
+    core.backoff = policy;
+    core.msc4081 = cairn_core::config::Msc4081Config {
+        share_for_all_devices: config.msc4081.share_for_all_devices,
+        max_cached_key_age_ms: config.msc4081.max_cached_key_age_ms,
+        stable_names: config.msc4081.stable_names,
+    };
     let services = Services {
         store: Arc::new(store.clone()),
         clock,

@@ -152,7 +152,7 @@ impl Homeserver {
                 };
                 let answer = tokio::time::timeout(timeout, call)
                     .await
-                    .unwrap_or_else(|_| Err(RemoteError::Unreachable("timed out".into())));
+                    .unwrap_or(Err(RemoteError::TimedOut));
                 (server, answer)
             });
         }

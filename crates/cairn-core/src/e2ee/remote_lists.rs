@@ -214,7 +214,7 @@ impl Homeserver {
         }
         let mut outcomes: Vec<_> = users
             .iter()
-            .map(|_| Err(RemoteError::Unreachable("no answer in time".into())))
+            .map(|_| Err(RemoteError::TimedOut))
             .collect();
         let deadline = tokio::time::Instant::now() + timeout;
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
