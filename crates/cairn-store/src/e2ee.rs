@@ -420,6 +420,9 @@ pub(crate) async fn write_keys_in(
         .await
         .map_err(backend_err)?;
         record_device_list_change(conn, user, &[device]).await?;
+    } else if write.owes_update {
+        let stream_id = next_position(conn).await?;
+        crate::device_lists::owe_announcement(conn, None, user, device, stream_id).await?;
     }
     // One statement per algorithm for all new one-time keys (chunks stay far below SQLite's
     // 32766 parameters). The count grows by the rows actually inserted; a trigger does the same

@@ -61,12 +61,19 @@ pub(crate) async fn signatures_upload(
 pub(crate) async fn claim(
     State(state): State<AppState>,
     _: Authed,
-    JsonBody(req): JsonBody<ClaimRequest>,
+    parts: Parts,
+    JsonBody(mut req): JsonBody<ClaimRequest>,
 ) -> Answer {
+    // Synapse reads the deadline from the query string, so clients send it there too.
+    if req.timeout.is_none() {
+        req.timeout = query_param(&parts, "timeout").and_then(|t| t.parse().ok());
+    }
     let res = state.hs.claim_keys(req).await?;
-    Ok(Json(
-        json!({ "one_time_keys": res.one_time_keys, "failures": res.failures }),
-    ))
+    let mut answer = json!({ "one_time_keys": res.one_time_keys, "failures": res.failures });
+    if !res.cached.is_empty() {
+        answer["org.matrix.msc4081.cached"] = json!(res.cached);
+    }
+    Ok(Json(answer))
 }
 
 pub(crate) async fn changes(

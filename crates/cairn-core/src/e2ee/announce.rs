@@ -118,7 +118,12 @@ impl Homeserver {
                 .get(user)
                 .and_then(|d| d.iter().find(|(id, _)| id.as_str() == update.device_id));
             match device {
-                Some((_, device_keys)) => content["keys"] = device_keys.clone(),
+                Some((device_id, device_keys)) => {
+                    content["keys"] = device_keys.clone();
+                    if let Some(fallback) = self.shared_fallback_keys(user, device_id).await? {
+                        content[self.fallback_field()] = fallback;
+                    }
+                }
                 None if self
                     .store()
                     .device(user, update.device_id.as_str().into())

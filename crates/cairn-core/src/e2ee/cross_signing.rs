@@ -57,7 +57,12 @@ fn invalid_signature(message: &str) -> Error {
 }
 
 /// Whether `object` carries a valid signature by `signer`'s ed25519 key `public_key`.
-fn signed_by(object: &Value, signer: &UserId, public_key_id: &str, public_key: &str) -> bool {
+pub(crate) fn signed_by(
+    object: &Value,
+    signer: &UserId,
+    public_key_id: &str,
+    public_key: &str,
+) -> bool {
     let Ok(canonical) = serde_json::from_value::<CanonicalJsonObject>(object.clone()) else {
         return false;
     };

@@ -103,6 +103,37 @@ pub struct ClaimResponse {
         BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, BTreeMap<String, Box<RawValue>>>>,
     /// Servers that could not be asked, with the reason.
     pub failures: BTreeMap<String, Value>,
+    /// Servers answered from the fallback keys they shared (MSC4081), with why and when they
+    /// will be tried again: `{"reason", "retry_after_ms"}`.
+    pub cached: BTreeMap<String, Value>,
+}
+
+/// A key handed out for a device: `(user, device, "<algorithm>:<key_id>", key)`.
+pub type ClaimedKey = (OwnedUserId, OwnedDeviceId, String, Box<RawValue>);
+
+impl ClaimResponse {
+    /// Adds keys that `server`'s users' devices shared, served because the server could not
+    /// answer (`reason`; tried again in `retry_after_ms`).
+    pub fn fold_cached(
+        &mut self,
+        server: &ruma::ServerName,
+        reason: &str,
+        retry_after_ms: u64,
+        served: Vec<ClaimedKey>,
+    ) {
+        for (user_id, device_id, key_id, key) in served {
+            self.one_time_keys
+                .entry(user_id)
+                .or_default()
+                .entry(device_id)
+                .or_default()
+                .insert(key_id, key);
+        }
+        self.cached.insert(
+            server.to_string(),
+            serde_json::json!({ "reason": reason, "retry_after_ms": retry_after_ms }),
+        );
+    }
 }
 
 impl Homeserver {
@@ -206,14 +237,16 @@ impl Homeserver {
             .eager_share_fallback_keys
             .or(req.eager_share_fallback_keys_unstable);
         let changed_device_keys = device_keys.is_some();
-        let write = KeyWrite {
+        let mut write = KeyWrite {
             user_id: me.user_id.clone(),
             device_id: me.device_id.clone(),
             device_keys,
             one_time_keys,
             fallback_keys,
             eager_share_fallback_keys: eager,
+            owes_update: false,
         };
+        write.owes_update = self.upload_owes_update(&write).await?;
         if write.device_keys.is_some()
             || !write.one_time_keys.is_empty()
             || !write.fallback_keys.is_empty()
@@ -223,6 +256,8 @@ impl Homeserver {
         }
         if changed_device_keys {
             self.notify_device_list_change(&me.user_id).await?;
+        } else if write.owes_update {
+            self.federation().wake_sender();
         }
         Ok(counts)
     }

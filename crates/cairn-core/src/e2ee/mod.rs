@@ -6,6 +6,7 @@ pub mod announce;
 pub mod cross_signing;
 pub mod device_lists;
 pub mod keys;
+pub mod msc4081;
 pub mod remote;
 pub mod remote_lists;
 pub mod served;

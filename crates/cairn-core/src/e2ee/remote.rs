@@ -82,29 +82,61 @@ impl Homeserver {
         }
     }
 
-    /// Claims keys from each server and folds the answers into `response`.
+    /// Claims keys from each server and folds the answers into `response`. A server that
+    /// cannot answer (in backoff, or failing as MSC4081 decision 13 lists) is answered from the
+    /// fallback keys its users' devices shared (decisions 14-17): a server in backoff whose every
+    /// requested device has one is not asked at all; a server answered that way is named in
+    /// `response.cached` and left out of `failures` unless some device got nothing.
     pub(crate) async fn claim_remote_keys(
         &self,
         wanted: PerServer<BTreeMap<OwnedDeviceId, String>>,
         timeout: Duration,
         response: &mut ClaimResponse,
     ) {
-        let bodies = wanted
-            .iter()
-            .map(|(server, users)| {
-                (
-                    server.clone(),
-                    serde_json::json!({ "one_time_keys": users }),
-                )
-            })
-            .collect();
+        let timeout = timeout.min(Duration::from_millis(self.config().claim_timeout_ms));
+        let now = self.now_ms();
+        let mut bodies = BTreeMap::new();
+        for (server, users) in &wanted {
+            let backoff = self.store().backoff(server).await.unwrap_or_default();
+            if backoff.retry_after_ms > now {
+                let (served, complete) = self.cached_claims(users, now).await;
+                if complete {
+                    response.fold_cached(server, "backoff", backoff.retry_after_ms - now, served);
+                    continue;
+                }
+            }
+            bodies.insert(
+                server.clone(),
+                serde_json::json!({ "one_time_keys": users }),
+            );
+        }
         for (server, answer) in self.ask(Ask::Claim, bodies, timeout).await {
             let answer = match answer {
-                Ok(answer) => answer,
+                Ok(answer) => {
+                    self.remote_answered(&server).await;
+                    answer
+                }
                 Err(err) => {
-                    response
-                        .failures
-                        .insert(server.to_string(), err.to_failure());
+                    let users = &wanted[&server];
+                    match err.unreachable_reason() {
+                        Some(reason) => {
+                            let retry_after = self.remote_failed(&server).await;
+                            let (served, complete) = self.cached_claims(users, now).await;
+                            if !complete {
+                                response
+                                    .failures
+                                    .insert(server.to_string(), err.to_failure());
+                            }
+                            if !served.is_empty() {
+                                response.fold_cached(&server, reason, retry_after, served);
+                            }
+                        }
+                        None => {
+                            response
+                                .failures
+                                .insert(server.to_string(), err.to_failure());
+                        }
+                    }
                     continue;
                 }
             };

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::value::{RawValue, to_raw_value};
 use serde_json::{Map, Value};
 
+use super::msc4081::cache_fallback_keys;
 use crate::Homeserver;
 use crate::error::{Error, ErrorKind, Result};
 use crate::federation::RemoteError;
@@ -101,6 +102,19 @@ impl Homeserver {
             device.remove(field);
         }
         let cached = self.store().remote_device_list(user).await?;
+        let previous = cached
+            .as_ref()
+            .and_then(|list| cached_device(list, &head.device_id));
+        let refused = cache_fallback_keys(
+            &mut device,
+            user,
+            &head.device_id,
+            previous.as_ref(),
+            self.now_ms(),
+        );
+        if !refused.is_empty() {
+            tracing::warn!(%origin, %user, device = %head.device_id, ?refused, "fallback keys not cached");
+        }
         let (apply, in_order) = match &cached {
             None => (true, false),
             Some(list) => (
@@ -212,10 +226,7 @@ impl Homeserver {
                 )
             });
         }
-        let mut outcomes: Vec<_> = users
-            .iter()
-            .map(|_| Err(RemoteError::TimedOut))
-            .collect();
+        let mut outcomes: Vec<_> = users.iter().map(|_| Err(RemoteError::TimedOut)).collect();
         let deadline = tokio::time::Instant::now() + timeout;
         while let Ok(Some(done)) = tokio::time::timeout_at(deadline, tasks.join_next()).await {
             if let Ok((i, outcome)) = done {
@@ -244,8 +255,11 @@ impl Homeserver {
             .federation()
             .user_devices(user_id.server_name(), user_id)
             .await;
+        let previous = self.store().remote_device_list(user_id).await?;
+        let now = self.now_ms();
         let list = answer.and_then(|answer| {
-            parse_device_list(user_id, &answer).map_err(|e| RemoteError::Invalid(e.to_string()))
+            parse_device_list(user_id, &answer, previous.as_ref(), now)
+                .map_err(|e| RemoteError::Invalid(e.to_string()))
         });
         match &list {
             Ok(list) => {
@@ -303,9 +317,23 @@ fn log_failed_fetch(
     }
 }
 
+/// The cached object of one device of a list.
+fn cached_device(list: &RemoteDeviceList, device_id: &str) -> Option<Value> {
+    list.devices.iter().find_map(|d| {
+        let device: Value = serde_json::from_str(d.get()).ok()?;
+        (device["device_id"].as_str() == Some(device_id)).then_some(device)
+    })
+}
+
 /// Checks a `GET /user/devices` answer: it is about `user_id`, each device's keys name the user
 /// and the device, and the cross-signing keys name the user (those that do not are left out).
-fn parse_device_list(user_id: &UserId, answer: &Value) -> Result<RemoteDeviceList> {
+/// Fallback keys are checked and cached as from an update (`previous`: the list held).
+fn parse_device_list(
+    user_id: &UserId,
+    answer: &Value,
+    previous: Option<&RemoteDeviceList>,
+    now_ms: u64,
+) -> Result<RemoteDeviceList> {
     if answer["user_id"].as_str() != Some(user_id.as_str()) {
         return Err(bad("The device list is about another user"));
     }
@@ -331,7 +359,12 @@ fn parse_device_list(user_id: &UserId, answer: &Value) -> Result<RemoteDeviceLis
         {
             continue;
         }
-        kept.push(raw(device)?);
+        let Some(mut object) = device.as_object().cloned() else {
+            continue;
+        };
+        let before = previous.and_then(|list| cached_device(list, device_id));
+        cache_fallback_keys(&mut object, user_id, device_id, before.as_ref(), now_ms);
+        kept.push(raw(&Value::Object(object))?);
     }
     let key = |field: &str| -> Result<Option<Box<RawValue>>> {
         let key = &answer[field];

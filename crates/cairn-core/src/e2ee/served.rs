@@ -47,13 +47,14 @@ impl Homeserver {
         let mut keys = QueryResponse::default();
         self.add_local_keys(Viewer::Server, user_id, &[], &mut keys)
             .await?;
-        let devices: Vec<Value> = keys
-            .device_keys
-            .remove(user_id)
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(device_id, keys)| json!({ "device_id": device_id, "keys": keys }))
-            .collect();
+        let mut devices = Vec::new();
+        for (device_id, keys) in keys.device_keys.remove(user_id).unwrap_or_default() {
+            let mut device = json!({ "device_id": device_id, "keys": keys });
+            if let Some(fallback) = self.shared_fallback_keys(user_id, &device_id).await? {
+                device[self.fallback_field()] = fallback;
+            }
+            devices.push(device);
+        }
         Ok(json!({
             "user_id": user_id,
             "stream_id": stream_id,

@@ -46,6 +46,18 @@ impl State {
         pos
     }
 
+    /// Owes every server sharing a room with `user_id` an update of `device_id`, without a local
+    /// device-list change.
+    pub(super) fn owe_update(&mut self, user_id: &UserId, device_id: &str) {
+        let stream_id = self.advance(None);
+        for server in self.rooms.servers_sharing(user_id, None) {
+            self.device_lists.outbox.insert(
+                (server, user_id.to_owned(), device_id.to_owned()),
+                stream_id,
+            );
+        }
+    }
+
     /// Owes `destination` an announcement of every device and the cross-signing keys of
     /// `user_id`.
     pub(super) fn announce_all(&mut self, destination: &ServerName, user_id: &UserId) {

@@ -73,6 +73,8 @@ impl KeyStore for MemoryStore {
                 .device_keys
                 .insert(device.clone(), keys.get().to_owned());
             state.device_list_changed(&write.user_id, &[write.device_id.as_str()]);
+        } else if write.owes_update {
+            state.owe_update(&write.user_id, write.device_id.as_str());
         }
         for k in &write.one_time_keys {
             state.next_otk += 1;

@@ -48,6 +48,9 @@ pub struct KeyWrite {
     pub fallback_keys: Vec<UploadedKey>,
     /// The device's MSC4081 opt-in, when the upload said it explicitly.
     pub eager_share_fallback_keys: Option<bool>,
+    /// Other servers are owed an update of the device although its device keys did not change
+    /// (its shared fallback keys did). Such an update is not a local device-list change.
+    pub owes_update: bool,
 }
 
 /// One key claim: a device and the algorithm wanted.
