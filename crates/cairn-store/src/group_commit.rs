@@ -256,6 +256,7 @@ mod tests {
             }],
             fallback_keys: vec![],
             eager_share_fallback_keys: None,
+            owes_update: false,
         }
     }
 

@@ -23,6 +23,7 @@ fn write(otks: Vec<UploadedKey>, fallbacks: Vec<UploadedKey>) -> KeyWrite {
         one_time_keys: otks,
         fallback_keys: fallbacks,
         eager_share_fallback_keys: None,
+        owes_update: false,
     }
 }
 
