@@ -210,6 +210,7 @@ async fn see_message(client: &Client, session: &Session, room_id: &str, body: &s
 mod ca;
 mod device_lists;
 mod faults;
+mod msc4081;
 mod proxy;
 mod rooms;
 mod state;

@@ -1,0 +1,178 @@
+//! MSC4081 across servers: a device's fallback key, shared eagerly, answers claims for it while
+//! its server cannot (refused, held, 429, 502, in backoff); an opt-out withdraws it.
+
+use ruma::CanonicalJsonObject;
+use ruma::signatures::Ed25519KeyPair;
+use serde_json::{Value, json};
+
+use super::device_lists::{cached_list, join_via};
+use super::proxy::Fault;
+use super::{Federation, create_room};
+use crate::harness::{Client, Session, enc};
+
+/// A device's ed25519 key, which signs its device keys and fallback keys.
+struct DeviceKey {
+    pair: Ed25519KeyPair,
+    public: String,
+}
+
+impl DeviceKey {
+    fn new(device_id: &str) -> Self {
+        let der = Ed25519KeyPair::generate();
+        let pair = Ed25519KeyPair::from_der(&der, device_id.to_owned()).unwrap();
+        let public = ruma::serde::Base64::<ruma::serde::base64::Standard, _>::new(
+            pair.public_key().to_vec(),
+        )
+        .encode();
+        Self { pair, public }
+    }
+
+    fn sign(&self, user: &str, value: Value) -> Value {
+        let mut object: CanonicalJsonObject = serde_json::from_value(value).unwrap();
+        ruma::signatures::sign_json(user, &self.pair, &mut object).unwrap();
+        serde_json::to_value(object).unwrap()
+    }
+}
+
+/// Uploads signed device keys, a signed fallback key `FB<n>` and the opt-in as given.
+async fn upload(
+    client: &Client,
+    s: &Session,
+    key: &DeviceKey,
+    n: u32,
+    opt_in: Option<bool>,
+) -> Value {
+    let device_keys = key.sign(
+        &s.user_id,
+        json!({ "user_id": s.user_id, "device_id": s.device_id,
+                "algorithms": ["m.olm.v1.curve25519-aes-sha2"],
+                "keys": { format!("ed25519:{}", s.device_id): key.public,
+                          format!("curve25519:{}", s.device_id): "curve" } }),
+    );
+    let fallback = key.sign(
+        &s.user_id,
+        json!({ "key": format!("fallback{n}"), "fallback": true }),
+    );
+    let mut body = json!({
+        "device_keys": device_keys,
+        "fallback_keys": { format!("signed_curve25519:FB{n}"): fallback },
+    });
+    if let Some(opt_in) = opt_in {
+        body["org.matrix.msc4081.eager_share_fallback_keys"] = opt_in.into();
+    }
+    client
+        .post("/_matrix/client/v3/keys/upload", Some(&s.token), body)
+        .await
+        .ok();
+    fallback
+}
+
+async fn claim(b: &Client, bob: &Session, alice: &Session) -> Value {
+    b.post(
+        "/_matrix/client/v3/keys/claim",
+        Some(&bob.token),
+        json!({ "one_time_keys": { alice.user_id.as_str(): { alice.device_id.as_str(): "signed_curve25519" } },
+                "timeout": 2000 }),
+    )
+    .await
+    .ok()
+}
+
+#[tokio::test]
+async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
+    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let key = DeviceKey::new(&alice.device_id);
+    let fallback = upload(&a, &alice, &key, 1, Some(true)).await;
+    let room_id = create_room(&a, &alice, json!({ "preset": "public_chat" })).await;
+    join_via(&b, &bob, &room_id, "a.test").await;
+    let b_server = fed.servers[1].as_ref().unwrap();
+    let field = "org.matrix.msc4081.fallback_keys";
+    let has_key = |n: u32| {
+        move |l: &cairn_core::store::RemoteDeviceList| {
+            l.devices.iter().any(|d| {
+                let d: Value = serde_json::from_str(d.get()).unwrap();
+                d[field].get(format!("signed_curve25519:FB{n}")).is_some()
+            })
+        }
+    };
+    cached_list(b_server, &alice.user_id, has_key(1)).await;
+
+    // Answered by a.test while it answers: it hands out the fallback key itself.
+    let direct = claim(&b, &bob, &alice).await;
+    assert_eq!(direct["failures"], json!({}));
+    assert!(
+        direct.get("org.matrix.msc4081.cached").is_none(),
+        "{direct}"
+    );
+
+    let cases = [
+        (Fault::Refuse, "connect"),
+        (Fault::Hang, "timeout"),
+        (Fault::Status(429), "http_429"),
+        (Fault::Status(502), "http_5xx"),
+    ];
+    for (fault, reason) in cases {
+        // Each case starts with a.test out of backoff (a signed request from it clears it).
+        let a_server = fed.servers[0].as_ref().unwrap();
+        a_server
+            .send_federation(
+                "b.test",
+                "GET",
+                &format!(
+                    "/_matrix/federation/v1/query/profile?user_id={}",
+                    enc(&bob.user_id)
+                ),
+                Value::Null,
+            )
+            .await
+            .unwrap();
+        fed.proxies[0].set(fault).await;
+        let answer = claim(&b, &bob, &alice).await;
+        assert_eq!(answer["failures"], json!({}), "{fault:?}: {answer}");
+        assert_eq!(
+            answer["one_time_keys"][&alice.user_id][&alice.device_id]["signed_curve25519:FB1"],
+            fallback,
+            "{fault:?}: the shared key, as signed"
+        );
+        assert_eq!(
+            answer["org.matrix.msc4081.cached"]["a.test"]["reason"], reason,
+            "{fault:?}"
+        );
+
+        // Now a.test is in backoff: the next claim is answered at once, without asking it.
+        let asked = fed.proxies[0].seen("POST /_matrix/federation/v1/user/keys/claim");
+        let again = claim(&b, &bob, &alice).await;
+        assert_eq!(
+            again["org.matrix.msc4081.cached"]["a.test"]["reason"], "backoff",
+            "{again}"
+        );
+        assert!(
+            again["org.matrix.msc4081.cached"]["a.test"]["retry_after_ms"]
+                .as_u64()
+                .unwrap()
+                > 0
+        );
+        assert_eq!(
+            fed.proxies[0].seen("POST /_matrix/federation/v1/user/keys/claim"),
+            asked
+        );
+        fed.proxies[0].set(Fault::Pass).await;
+    }
+
+    // A new fallback key replaces the cached one; an opt-out withdraws it.
+    upload(&a, &alice, &key, 2, None).await;
+    cached_list(b_server, &alice.user_id, has_key(2)).await;
+    upload(&a, &alice, &key, 2, Some(false)).await;
+    cached_list(b_server, &alice.user_id, |l| {
+        !has_key(2)(l) && !l.devices.is_empty()
+    })
+    .await;
+    fed.proxies[0].set(Fault::Refuse).await;
+    let answer = claim(&b, &bob, &alice).await;
+    assert_eq!(answer["failures"]["a.test"]["status"], 503, "{answer}");
+    assert_eq!(answer["one_time_keys"], json!({}));
+    fed.stop().await;
+}
