@@ -266,3 +266,6 @@ impl Homeserver {
         Ok((after && !write.fallback_keys.is_empty()) || before != after)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -349,4 +349,140 @@ mod tests {
         assert_eq!(res.one_time_keys.len(), 1);
         assert_eq!(res.failures["limited.test"]["status"], 429);
     }
+
+    /// Caches one fallback key for each `(user, device)`, received at `received_ms`.
+    async fn cache_keys(hs: &Homeserver, devices: &[(&str, &str)], received_ms: u64) {
+        use crate::e2ee::msc4081::{RECEIVED_FIELD, UNSTABLE_FIELD};
+        let mut by_user: BTreeMap<&str, Vec<Box<RawValue>>> = BTreeMap::new();
+        for (user, device) in devices {
+            let object = json!({ "device_id": device,
+                UNSTABLE_FIELD: { "signed_curve25519:FB": { "key": device, "fallback": true } },
+                RECEIVED_FIELD: { "signed_curve25519:FB": received_ms } });
+            by_user
+                .entry(user)
+                .or_default()
+                .push(serde_json::value::to_raw_value(&object).unwrap());
+        }
+        for (user, devices) in by_user {
+            let list = crate::store::RemoteDeviceList {
+                user_id: user.try_into().unwrap(),
+                stream_id: 1,
+                stale: false,
+                devices,
+                master_key: None,
+                self_signing_key: None,
+            };
+            hs.store().replace_remote_device_list(&list).await.unwrap();
+        }
+    }
+
+    /// MSC4081 decisions 13, 14 and 17: which failures the cache answers, a server in backoff
+    /// answered without a request, and when a server is still listed in `failures`.
+    #[tokio::test(start_paused = true)]
+    async fn claims_fall_back_to_shared_keys_only_when_a_server_cannot_answer() {
+        let refused = RemoteError::Unreachable("connection refused".into());
+        let not_found = RemoteError::Status {
+            status: 404,
+            message: "no".into(),
+        };
+        let bad_gateway = RemoteError::Status {
+            status: 502,
+            message: "proxy".into(),
+        };
+        let fed = Arc::new(Scripted {
+            answers: [
+                ("down.test".to_owned(), Some(Err(refused))),
+                ("denies.test".to_owned(), Some(Err(not_found))),
+                ("partial.test".to_owned(), Some(Err(bad_gateway))),
+                ("hung.test".to_owned(), None),
+            ]
+            .into(),
+            ..Default::default()
+        });
+        let (hs, _) = homeserver_with(true, fed.clone());
+        let now = hs.now_ms();
+        cache_keys(
+            &hs,
+            &[
+                ("@d:down.test", "D1"),
+                ("@n:denies.test", "N1"),
+                ("@p:partial.test", "P1"),
+                ("@h:hung.test", "H1"),
+                ("@b:backoff.test", "B1"),
+            ],
+            now,
+        )
+        .await;
+        let backoff = crate::store::Backoff {
+            retry_after_ms: now + 60_000,
+            interval_ms: 60_000,
+        };
+        hs.store()
+            .set_backoff(ServerName::parse("backoff.test").unwrap().as_ref(), backoff)
+            .await
+            .unwrap();
+        let req = serde_json::from_value(json!({ "one_time_keys": {
+            "@d:down.test": { "D1": "signed_curve25519" },
+            "@n:denies.test": { "N1": "signed_curve25519" },
+            "@p:partial.test": { "P1": "signed_curve25519", "P2": "signed_curve25519" },
+            "@h:hung.test": { "H1": "signed_curve25519" },
+            "@b:backoff.test": { "B1": "signed_curve25519" },
+        }, "timeout": 60_000 }))
+        .unwrap();
+        let started = tokio::time::Instant::now();
+        let res = hs.claim_keys(req).await.unwrap();
+        let waited = started.elapsed();
+
+        let served = |user: &str, device: &str| {
+            let user: OwnedUserId = user.try_into().unwrap();
+            res.one_time_keys
+                .get(&user)
+                .and_then(|d| d.get(&OwnedDeviceId::from(device)))
+                .is_some_and(|k| k.contains_key("signed_curve25519:FB"))
+        };
+        assert!(served("@d:down.test", "D1") && served("@h:hung.test", "H1"));
+        assert!(served("@b:backoff.test", "B1") && served("@p:partial.test", "P1"));
+        assert!(
+            !served("@n:denies.test", "N1"),
+            "a 404 is the server's word"
+        );
+        let reasons: BTreeMap<&str, &str> = res
+            .cached
+            .iter()
+            .map(|(s, c)| (s.as_str(), c["reason"].as_str().unwrap()))
+            .collect();
+        assert_eq!(
+            reasons,
+            BTreeMap::from([
+                ("backoff.test", "backoff"),
+                ("down.test", "connect"),
+                ("hung.test", "timeout"),
+                ("partial.test", "http_5xx"),
+            ])
+        );
+        assert_eq!(res.cached["backoff.test"]["retry_after_ms"], 60_000);
+        let listed: Vec<&str> = res.failures.keys().map(String::as_str).collect();
+        assert_eq!(listed, ["denies.test", "partial.test"], "P2 got nothing");
+        let asked: Vec<String> = fed
+            .asked
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(s, _)| s.clone())
+            .collect();
+        assert!(
+            !asked.contains(&"backoff.test".to_owned()),
+            "answered without a request"
+        );
+        // The hung server was cut off at the claim deadline (5 s), not the client's 60 s.
+        assert_eq!(waited, Duration::from_secs(5));
+        let down = hs
+            .store()
+            .backoff(ServerName::parse("down.test").unwrap().as_ref())
+            .await;
+        assert!(
+            down.unwrap().retry_after_ms > now,
+            "a server that could not answer backs off"
+        );
+    }
 }
