@@ -18,8 +18,8 @@ async fn matrix_sdk_users_on_two_servers_chat_encrypted() -> Result<()> {
 
 async fn scenario() -> Result<()> {
     let mut servers = Harness::start_federated(&["a.test", "b.test"]).await?;
-    let b = servers.pop().context("two servers")?;
-    let a = servers.pop().context("two servers")?;
+    let mut b = servers.pop().context("two servers")?;
+    let mut a = servers.pop().context("two servers")?;
     a.register("alice").await?;
     b.register("bob").await?;
     let (alice, mut alice_rx) = a.login("alice", "ALICE1").await?;
@@ -41,7 +41,7 @@ async fn scenario() -> Result<()> {
         .await?;
     expect_text(&alice, &mut alice_rx, "hello alice, across servers").await?;
 
-    a.server.stop().await?;
-    b.server.stop().await?;
+    a.stop().await?;
+    b.stop().await?;
     Ok(())
 }

@@ -21,7 +21,7 @@ async fn matrix_sdk_users_chat_encrypted() -> Result<()> {
 }
 
 async fn scenario() -> Result<()> {
-    let h = Harness::start().await?;
+    let mut h = Harness::start().await?;
     for name in ["alice", "bob", "carol"] {
         h.register(name).await?;
     }
@@ -125,6 +125,6 @@ async fn scenario() -> Result<()> {
     );
     expect_text(&carol, &mut carol_rx, "built on a fallback key").await?;
 
-    h.server.stop().await?;
+    h.stop().await?;
     Ok(())
 }

@@ -27,7 +27,7 @@ async fn scenario() -> Result<()> {
     let bind = || std::net::TcpListener::bind("127.0.0.1:0");
     let federation = bind()?;
     let name = format!("localhost:{}", federation.local_addr()?.port());
-    let cairn = Harness::start_on(&name, bind()?, federation, Default::default()).await?;
+    let mut cairn = Harness::start_on(&name, bind()?, federation, Default::default()).await?;
     // Synapse keeps its users between runs.
     let bob_name = format!("bob{}", std::process::id());
     cairn.register("alice").await?;
@@ -55,6 +55,6 @@ async fn scenario() -> Result<()> {
         ))
         .await?;
     expect_text(&alice, &mut alice_rx, "a room synapse created").await?;
-    cairn.server.stop().await?;
+    cairn.stop().await?;
     Ok(())
 }

@@ -10,6 +10,7 @@ use anyhow::{Context, Result};
 use cairn::config::Config;
 use cairn::serve::RunningServer;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
+use matrix_sdk::ruma::events::room::encrypted::OriginalSyncRoomEncryptedEvent;
 use matrix_sdk::ruma::events::room::member::MembershipState;
 use matrix_sdk::ruma::events::room::message::OriginalSyncRoomMessageEvent;
 use matrix_sdk::ruma::{OwnedRoomId, RoomId};
@@ -17,12 +18,17 @@ use matrix_sdk::{Client, Room, RoomState};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+/// What a client's channel carries for a room message it could not decrypt.
+pub const UNDECRYPTABLE: &str = "<unable to decrypt>";
+
 /// Longest any single wait in the scenario may take.
 pub const DEADLINE: Duration = Duration::from_secs(60);
 
 pub struct Harness {
-    pub server: RunningServer,
+    server: Option<RunningServer>,
     pub base: String,
+    config: Config,
+    addrs: (std::net::SocketAddr, std::net::SocketAddr),
     http: reqwest::Client,
     _dir: tempfile::TempDir,
 }
@@ -36,6 +42,14 @@ impl Harness {
 
     /// Servers named `names` that reach each other by static routes, TLS checks off.
     pub async fn start_federated(names: &[&str]) -> Result<Vec<Self>> {
+        Self::start_federated_with(names, |_| {}).await
+    }
+
+    /// [`Self::start_federated`], with `configure` applied to each server's configuration.
+    pub async fn start_federated_with(
+        names: &[&str],
+        configure: impl Fn(&mut Config),
+    ) -> Result<Vec<Self>> {
         let bind = || std::net::TcpListener::bind("127.0.0.1:0");
         let mut listeners = Vec::new();
         for _ in names {
@@ -48,7 +62,7 @@ impl Harness {
             .collect::<Result<_>>()?;
         let mut servers = Vec::new();
         for (name, (client, fed)) in names.iter().zip(listeners) {
-            servers.push(Self::start_on(name, client, fed, routes.clone()).await?);
+            servers.push(Self::start_with(name, client, fed, routes.clone(), &configure).await?);
         }
         Ok(servers)
     }
@@ -58,6 +72,16 @@ impl Harness {
         client: std::net::TcpListener,
         federation: std::net::TcpListener,
         routes: std::collections::BTreeMap<String, String>,
+    ) -> Result<Self> {
+        Self::start_with(name, client, federation, routes, &|_| {}).await
+    }
+
+    async fn start_with(
+        name: &str,
+        client: std::net::TcpListener,
+        federation: std::net::TcpListener,
+        routes: std::collections::BTreeMap<String, String>,
+        configure: &dyn Fn(&mut Config),
     ) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let mut config = Config {
@@ -71,14 +95,39 @@ impl Harness {
         config.federation.static_routes = routes;
         config.federation.backoff_min_ms = 200;
         config.federation.backoff_max_ms = 2_000;
+        configure(&mut config);
+        let addrs = (client.local_addr()?, federation.local_addr()?);
         let server = cairn::serve::start_on(&config, client, federation).await?;
         let base = format!("http://{}", server.client_addr);
         Ok(Self {
-            server,
+            server: Some(server),
             base,
+            config,
+            addrs,
             http: reqwest::Client::new(),
             _dir: dir,
         })
+    }
+
+    /// The running server.
+    pub fn server(&self) -> &RunningServer {
+        self.server.as_ref().expect("the server is running")
+    }
+
+    /// Stops the server (its ports refuse connections until it starts again).
+    pub async fn stop(&mut self) -> Result<()> {
+        if let Some(server) = self.server.take() {
+            server.stop().await?;
+        }
+        Ok(())
+    }
+
+    /// Starts the server again on its ports and data.
+    pub async fn restart(&mut self) -> Result<()> {
+        let client = std::net::TcpListener::bind(self.addrs.0)?;
+        let federation = std::net::TcpListener::bind(self.addrs.1)?;
+        self.server = Some(cairn::serve::start_on(&self.config, client, federation).await?);
+        Ok(())
     }
 
     pub async fn register(&self, name: &str) -> Result<()> {
@@ -171,10 +220,18 @@ pub async fn login_at(
         .wait_for_e2ee_initialization_tasks()
         .await;
     let (tx, rx) = mpsc::unbounded_channel();
+    let undecryptable = tx.clone();
     client.add_event_handler(move |ev: OriginalSyncRoomMessageEvent| {
         let tx = tx.clone();
         async move {
             let _ = tx.send(ev.content.body().to_owned());
+        }
+    });
+    // What the client could not decrypt reaches handlers still encrypted.
+    client.add_event_handler(move |_: OriginalSyncRoomEncryptedEvent| {
+        let tx = undecryptable.clone();
+        async move {
+            let _ = tx.send(UNDECRYPTABLE.to_owned());
         }
     });
     // Two syncs: device keys and one-time keys go up, then the fallback key once the
