@@ -95,12 +95,17 @@ impl Sender {
     async fn start_due_deliveries(self: &Arc<Self>) -> Result<Option<Duration>, String> {
         let now = self.clock.now_ms();
         let mut next: Option<u64> = None;
-        for (destination, backoff) in self
+        let destinations = self
             .store
             .destinations_with_items()
             .await
-            .map_err(|e| e.to_string())?
-        {
+            .map_err(|e| e.to_string())?;
+        let backed_off = destinations
+            .iter()
+            .filter(|(_, b)| b.retry_after_ms > now)
+            .count();
+        metrics::gauge!("cairn_federation_destinations_in_backoff").set(backed_off as f64);
+        for (destination, backoff) in destinations {
             if backoff.retry_after_ms > now {
                 let wait = backoff.retry_after_ms - now;
                 next = Some(next.map_or(wait, |n| n.min(wait)));
@@ -202,6 +207,10 @@ impl Sender {
                 .await;
             match sent {
                 Ok(_) => {
+                    metrics::counter!("cairn_federation_edus_sent_total", "destination" => destination.to_string())
+                        .increment(edus.len() as u64);
+                    metrics::counter!("cairn_federation_device_list_updates_sent_total")
+                        .increment(updates.len() as u64);
                     let seqs: Vec<u64> = items.iter().map(|i| i.seq).collect();
                     if let Err(err) = self.store.dequeue(destination, &seqs).await {
                         tracing::error!(%err, %destination, "cannot dequeue delivered items");

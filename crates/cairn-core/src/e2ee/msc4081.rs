@@ -30,6 +30,29 @@ pub const RECEIVED_FIELD: &str = "cairn.fallback_keys_received_ms";
 /// The largest fallback key object accepted, serialised.
 const MAX_KEY_BYTES: usize = 2048;
 
+/// Cached fallback keys found for a claim.
+#[derive(Default)]
+pub(crate) struct CachedClaims {
+    /// The keys, one per device that has one.
+    pub(crate) keys: Vec<ClaimedKey>,
+    /// How long ago each was received, in the same order.
+    pub(crate) ages_ms: Vec<u64>,
+    /// Whether every device asked got one.
+    pub(crate) complete: bool,
+}
+
+impl CachedClaims {
+    /// Counts the keys as served from the cache for `reason` (metrics).
+    pub(crate) fn record(&self, reason: &'static str) {
+        metrics::counter!("cairn_msc4081_claims_from_cache_total", "reason" => reason)
+            .increment(self.keys.len() as u64);
+        for age in &self.ages_ms {
+            metrics::histogram!("cairn_msc4081_served_key_age_seconds")
+                .record(*age as f64 / 1000.0);
+        }
+    }
+}
+
 /// Why a fallback key from another server was not cached.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
@@ -134,17 +157,40 @@ pub fn cache_fallback_keys(
     refused
 }
 
+impl Refusal {
+    /// The check's name, as a metric label.
+    fn check(self) -> &'static str {
+        match self {
+            Refusal::KeyId => "key_id",
+            Refusal::Duplicate => "duplicate",
+            Refusal::Shape => "shape",
+            Refusal::Size => "size",
+            Refusal::Signature => "signature",
+        }
+    }
+}
+
+/// Counts fallback keys refused at receipt, by check (metrics).
+pub(crate) fn record_refusals(refused: &[Refusal]) {
+    for refusal in refused {
+        metrics::counter!("cairn_msc4081_keys_refused_total", "check" => refusal.check())
+            .increment(1);
+    }
+}
+
 impl Homeserver {
     /// The fallback keys cached for the requested devices (`user -> device -> algorithm`), of
-    /// the algorithm asked and younger than the age limit; and whether every device got one.
+    /// the algorithm asked and younger than the age limit.
     pub(crate) async fn cached_claims(
         &self,
         users: &BTreeMap<OwnedUserId, BTreeMap<OwnedDeviceId, String>>,
         now_ms: u64,
-    ) -> (Vec<ClaimedKey>, bool) {
+    ) -> CachedClaims {
         let max_age = self.config().msc4081.max_cached_key_age_ms;
-        let mut served = Vec::new();
-        let mut complete = true;
+        let mut found = CachedClaims {
+            complete: true,
+            ..CachedClaims::default()
+        };
         for (user_id, devices) in users {
             let list = self
                 .store()
@@ -166,19 +212,22 @@ impl Homeserver {
                             o[UNSTABLE_FIELD].as_object()?.iter().find(|(id, _)| {
                                 id.split_once(':').is_some_and(|(alg, _)| alg == algorithm)
                             })?;
-                        let received = o[RECEIVED_FIELD][key_id].as_u64()?;
-                        (now_ms.saturating_sub(received) <= max_age)
-                            .then(|| Some((key_id.clone(), to_raw_value(key).ok()?)))?
+                        let age = now_ms.saturating_sub(o[RECEIVED_FIELD][key_id].as_u64()?);
+                        (age <= max_age)
+                            .then(|| Some((key_id.clone(), to_raw_value(key).ok()?, age)))?
                     });
                 match key {
-                    Some((key_id, key)) => {
-                        served.push((user_id.clone(), device_id.clone(), key_id, key));
+                    Some((key_id, key, age)) => {
+                        found
+                            .keys
+                            .push((user_id.clone(), device_id.clone(), key_id, key));
+                        found.ages_ms.push(age);
                     }
-                    None => complete = false,
+                    None => found.complete = false,
                 }
             }
         }
-        (served, complete)
+        found
     }
 
     /// `server` answered: its backoff, if any, ends.

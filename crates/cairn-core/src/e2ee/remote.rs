@@ -99,9 +99,15 @@ impl Homeserver {
         for (server, users) in &wanted {
             let backoff = self.store().backoff(server).await.unwrap_or_default();
             if backoff.retry_after_ms > now {
-                let (served, complete) = self.cached_claims(users, now).await;
-                if complete {
-                    response.fold_cached(server, "backoff", backoff.retry_after_ms - now, served);
+                let found = self.cached_claims(users, now).await;
+                if found.complete {
+                    found.record("backoff");
+                    response.fold_cached(
+                        server,
+                        "backoff",
+                        backoff.retry_after_ms - now,
+                        found.keys,
+                    );
                     continue;
                 }
             }
@@ -121,14 +127,15 @@ impl Homeserver {
                     match err.unreachable_reason() {
                         Some(reason) => {
                             let retry_after = self.remote_failed(&server).await;
-                            let (served, complete) = self.cached_claims(users, now).await;
-                            if !complete {
+                            let found = self.cached_claims(users, now).await;
+                            if !found.complete {
                                 response
                                     .failures
                                     .insert(server.to_string(), err.to_failure());
                             }
-                            if !served.is_empty() {
-                                response.fold_cached(&server, reason, retry_after, served);
+                            if !found.keys.is_empty() {
+                                found.record(reason);
+                                response.fold_cached(&server, reason, retry_after, found.keys);
                             }
                         }
                         None => {

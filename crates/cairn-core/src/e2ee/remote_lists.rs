@@ -113,6 +113,7 @@ impl Homeserver {
             self.now_ms(),
         );
         if !refused.is_empty() {
+            super::msc4081::record_refusals(&refused);
             tracing::warn!(%origin, %user, device = %head.device_id, ?refused, "fallback keys not cached");
         }
         let (apply, in_order) = match &cached {
@@ -363,7 +364,8 @@ fn parse_device_list(
             continue;
         };
         let before = previous.and_then(|list| cached_device(list, device_id));
-        cache_fallback_keys(&mut object, user_id, device_id, before.as_ref(), now_ms);
+        let refused = cache_fallback_keys(&mut object, user_id, device_id, before.as_ref(), now_ms);
+        super::msc4081::record_refusals(&refused);
         kept.push(raw(&Value::Object(object))?);
     }
     let key = |field: &str| -> Result<Option<Box<RawValue>>> {
