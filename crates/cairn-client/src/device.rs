@@ -103,6 +103,13 @@ impl Device {
         self.current_fallback.as_deref()
     }
 
+    /// Whether a session with the device of this identity key exists.
+    pub fn has_session(&self, their_identity: Curve25519PublicKey) -> bool {
+        self.sessions
+            .get(&their_identity.to_base64())
+            .is_some_and(|s| !s.is_empty())
+    }
+
     /// Retired fallback keys still answered, oldest first.
     pub fn archived_fallback_keys(&self) -> Vec<&str> {
         self.archive.iter().map(|r| r.public_key.as_str()).collect()

@@ -1,7 +1,9 @@
 //! Cairn's reference client for MSC4081: a device that shares its fallback key eagerly, rotates
-//! it when it is used and weekly, and keeps retired ones for 30 days (`device`). Its rules read
-//! time through a [`Clock`], so tests can cover weeks.
+//! it when it is used and weekly, and keeps retired ones for 30 days (`device`), and talks to
+//! its homeserver to send and receive Olm-encrypted to-device messages (`client`). Its rules
+//! read time through a [`Clock`], so tests can cover weeks.
 
+pub mod client;
 pub mod device;
 
 use std::sync::atomic::{AtomicU64, Ordering};

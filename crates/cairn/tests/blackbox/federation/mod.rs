@@ -211,6 +211,7 @@ mod ca;
 mod device_lists;
 mod faults;
 mod msc4081;
+mod msc4081_client;
 mod proxy;
 mod rooms;
 mod state;
