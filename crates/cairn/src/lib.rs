@@ -3,4 +3,5 @@
 //! start servers through it too.
 
 pub mod config;
+pub mod demo;
 pub mod serve;

@@ -33,6 +33,9 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Show MSC4081 at work: two servers in this process, a cut link, a message that still
+    /// decrypts.
+    Demo,
     /// Manage local users (works while the server runs; they share the database).
     User {
         #[command(subcommand)]
@@ -64,6 +67,7 @@ fn main() -> anyhow::Result<()> {
             init_logging();
             runtime.block_on(serve::run(config.load()?))
         }
+        Command::Demo => runtime.block_on(cairn::demo::run()),
         Command::User {
             command:
                 UserCommand::Add {

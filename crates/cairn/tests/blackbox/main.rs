@@ -7,6 +7,7 @@ mod harness;
 mod accounts;
 mod cli;
 mod cross_signing;
+mod demo;
 mod devices;
 mod durability;
 mod e2ee;
