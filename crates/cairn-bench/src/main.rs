@@ -6,13 +6,15 @@
 //! p99 latency, and the server's CPU time per request (from `/proc/<pid>/stat`). Every phase is
 //! bounded by a request count and a time limit; nothing but 127.0.0.1 is contacted.
 
+mod chaos;
 mod keys;
 mod server;
 
 use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: cairn-bench keys [--cairn PATH] [--backend sqlite|postgres|both] \
-[--requests N] [--concurrency 8,64] [--postgres-url URL]";
+[--requests N] [--concurrency 8,64] [--postgres-url URL]\n       \
+cairn-bench chaos [--seed N] [--servers N] [--users N] [--devices N] [--steps N]";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -25,6 +27,24 @@ async fn main() -> anyhow::Result<()> {
     let Some(command) = args.next() else {
         bail!("{USAGE}")
     };
+    if command == "chaos" {
+        let mut options = chaos::Options::default();
+        while let Some(flag) = args.next() {
+            let value: usize = args
+                .next()
+                .with_context(|| format!("{flag} needs a value\n{USAGE}"))?
+                .parse()?;
+            match flag.as_str() {
+                "--seed" => options.seed = value as u64,
+                "--servers" => options.servers = value,
+                "--users" => options.users = value,
+                "--devices" => options.devices = value,
+                "--steps" => options.steps = value,
+                _ => bail!("unknown flag {flag}\n{USAGE}"),
+            }
+        }
+        return chaos::run(options).await;
+    }
     let mut options = keys::Options::default();
     while let Some(flag) = args.next() {
         let mut value = || {

@@ -62,6 +62,7 @@ struct Saved {
     device_id: String,
     since: Option<String>,
     device_keys_uploaded: bool,
+    next_txn: u64,
     device: DeviceState,
 }
 
@@ -74,9 +75,13 @@ pub struct Client {
     device_id: String,
     since: Option<String>,
     device_keys_uploaded: bool,
+    /// Numbers this device's to-device transactions (they must never repeat).
+    next_txn: u64,
     device: Device,
     clock: Arc<dyn Clock>,
     state_file: Option<PathBuf>,
+    /// Whether uploads opt in to MSC4081 (on unless turned off, for comparisons).
+    eager: bool,
 }
 
 fn http_err(e: impl std::fmt::Display) -> ClientError {
@@ -84,13 +89,26 @@ fn http_err(e: impl std::fmt::Display) -> ClientError {
 }
 
 impl Client {
-    /// Logs in with a password as `device_id` and uploads the device's keys.
+    /// Logs in with a password as `device_id` and uploads the device's keys, opting in to
+    /// MSC4081.
     pub async fn login(
         base: &str,
         user: &str,
         password: &str,
         device_id: &str,
         clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        Self::login_sharing(base, user, password, device_id, clock, true).await
+    }
+
+    /// [`Self::login`], opting in to MSC4081 or not (`eager`).
+    pub async fn login_sharing(
+        base: &str,
+        user: &str,
+        password: &str,
+        device_id: &str,
+        clock: Arc<dyn Clock>,
+        eager: bool,
     ) -> Result<Self> {
         let http = reqwest::Client::new();
         let answer: Value = call(
@@ -117,8 +135,10 @@ impl Client {
             device_id: device_id.to_owned(),
             since: None,
             device_keys_uploaded: false,
+            next_txn: 0,
             clock,
             state_file: None,
+            eager,
         };
         client.upload_keys(ONE_TIME_KEYS).await?;
         Ok(client)
@@ -137,9 +157,11 @@ impl Client {
             device_id: saved.device_id,
             since: saved.since,
             device_keys_uploaded: saved.device_keys_uploaded,
+            next_txn: saved.next_txn,
             device: Device::restore(saved.device),
             clock,
             state_file: Some(path),
+            eager: true,
         })
     }
 
@@ -160,6 +182,7 @@ impl Client {
             device_id: self.device_id.clone(),
             since: self.since.clone(),
             device_keys_uploaded: self.device_keys_uploaded,
+            next_txn: self.next_txn,
             device: self.device.save(),
         };
         let text = serde_json::to_string(&saved).map_err(|e| ClientError::State(e.to_string()))?;
@@ -203,7 +226,7 @@ impl Client {
     /// Uploads what the server lacks: device keys once, one-time keys up to `wanted`, and a new
     /// fallback key when there is one (rotation), always with the MSC4081 opt-in.
     pub async fn upload_keys(&mut self, one_time_keys: u64) -> Result<()> {
-        let mut body = json!({ "eager_share_fallback_keys": true });
+        let mut body = json!({ "eager_share_fallback_keys": self.eager });
         if !self.device_keys_uploaded {
             body["device_keys"] = self.device.device_keys();
         }
@@ -346,7 +369,10 @@ impl Client {
             "sender_key": self.device.curve25519_key().to_base64(),
             "ciphertext": { their_identity.to_base64(): { "type": kind, "body": body } },
         });
-        let txn = format!("{}-{}", self.clock.now_ms(), rand_suffix(&body));
+        // Two pre-key messages of one session begin alike, so the ID is a counter, never reused
+        // (a repeated ID makes the server drop the message as a retry).
+        self.next_txn += 1;
+        let txn = format!("{}-{}", self.device_id, self.next_txn);
         self.request(
             reqwest::Method::PUT,
             &format!("/_matrix/client/v3/sendToDevice/m.room.encrypted/{txn}"),
@@ -356,14 +382,6 @@ impl Client {
         self.save()?;
         Ok(source)
     }
-}
-
-/// A short, message-dependent suffix for transaction IDs.
-fn rand_suffix(body: &str) -> String {
-    body.chars()
-        .filter(char::is_ascii_alphanumeric)
-        .take(12)
-        .collect()
 }
 
 async fn call(
