@@ -104,6 +104,9 @@ struct Report {
     sender_offline: usize,
     no_key: usize,
     delivered_decrypted: usize,
+    /// Messages that arrived and could not be decrypted (the rest of the shortfall never
+    /// arrived).
+    arrived_undecryptable: usize,
     claims_from_cache: BTreeMap<String, Vec<Duration>>,
     restarts: usize,
     simulated_days: u64,
@@ -144,13 +147,14 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         other.sort();
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.1}% | {:.1} / {:.1} ms (n={}) | {:.1} / {:.1} ms (n={}) | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1}% | {:.1} / {:.1} ms (n={}) | {:.1} / {:.1} ms (n={}) | {} | {} |",
             if eager { "on" } else { "off" },
             attempted + report.sender_offline,
             report.sender_offline,
             report.sent,
             report.no_key,
             report.delivered_decrypted,
+            report.arrived_undecryptable,
             100.0 * report.delivered_decrypted as f64 / attempted.max(1) as f64,
             ms(percentile(&backoff, 0.5)),
             ms(percentile(&backoff, 0.99)),
@@ -389,6 +393,7 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
             report.delivered_decrypted += 1;
         }
     }
+    report.arrived_undecryptable = people.iter().map(|p| p.failed).sum();
     for server in servers.iter_mut() {
         server.stop().await?;
     }
