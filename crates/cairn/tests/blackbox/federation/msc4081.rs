@@ -176,3 +176,65 @@ async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
     assert_eq!(answer["one_time_keys"], json!({}));
     fed.stop().await;
 }
+
+/// Scenario 5: while b.test cannot reach a.test, bob's device rotates its fallback key; when
+/// b.test gets through again, a.test caches the new key and alice sees bob in
+/// `device_lists.changed`, so her client queries again.
+#[tokio::test]
+async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
+    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let key = DeviceKey::new(&bob.device_id);
+    upload(&b, &bob, &key, 1, Some(true)).await;
+    let room_id = create_room(&b, &bob, json!({ "preset": "public_chat" })).await;
+    join_via(&a, &alice, &room_id, "b.test").await;
+    let a_server = fed.servers[0].as_ref().unwrap();
+    let holds = |n: u32| {
+        move |l: &cairn_core::store::RemoteDeviceList| {
+            l.devices.iter().any(|d| {
+                let d: Value = serde_json::from_str(d.get()).unwrap();
+                d["org.matrix.msc4081.fallback_keys"]
+                    .get(format!("signed_curve25519:FB{n}"))
+                    .is_some()
+            })
+        }
+    };
+    cached_list(a_server, &bob.user_id, holds(1)).await;
+    let since = a
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
+        .await
+        .ok()["next_batch"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    fed.proxies[0].set(Fault::Refuse).await;
+    upload(&b, &bob, &key, 2, None).await;
+    fed.proxies[0].set(Fault::Pass).await;
+    cached_list(a_server, &bob.user_id, holds(2)).await;
+    let mut since = since;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never showed as changed"
+        );
+        let sync = a
+            .get(
+                &format!("/_matrix/client/v3/sync?timeout=1000&since={since}"),
+                Some(&alice.token),
+            )
+            .await
+            .ok();
+        if sync["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &json!(bob.user_id)))
+        {
+            break;
+        }
+        since = sync["next_batch"].as_str().unwrap().to_owned();
+    }
+    fed.stop().await;
+}
