@@ -126,9 +126,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         options.servers, options.users, options.devices, options.steps, options.seed
     );
     println!(
-        "| MSC4081 | attempted | sender offline | sent | no key (UTD) | decrypted | share decrypted | cached claims p50 / p99 (backoff) | p50 / p99 (other) | restarts | simulated days |"
+        "| MSC4081 | attempted | sender offline | sent | no key (UTD) | decrypted | arrived undecryptable | share decrypted | cached claims p50 / p99 (backoff) | p50 / p99 (other) | restarts | simulated days |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for eager in [true, false] {
         let report = run_once(&options, eager).await?;
         let attempted = report.sent + report.no_key;
