@@ -483,7 +483,17 @@ impl Homeserver {
                 .iter()
                 .filter(|e| !pdu.prev_events.contains(e))
                 .collect();
-            let make_current = if others.is_empty() {
+            // The current state is the state after the room's one tip, so an event on exactly
+            // that tip changes it by itself at most (the common case, no state read).
+            let extends_the_tip = matches!((extremities.as_slice(), pdu.prev_events.as_slice()),
+                ([tip], [prev]) if tip == prev);
+            let make_current = if extends_the_tip {
+                pdu.state_key
+                    .is_some()
+                    .then(|| pdu.event_id.clone())
+                    .into_iter()
+                    .collect()
+            } else if others.is_empty() {
                 self.current_changes(&pdu.room_id, &after).await?
             } else {
                 let mut states = vec![after.clone()];
