@@ -183,6 +183,24 @@ impl DeviceListStore for SqlStore {
             .collect()
     }
 
+    async fn shares_room_with_server(
+        &self,
+        user_id: &UserId,
+        server: &ServerName,
+    ) -> StoreResult<bool> {
+        let found: Option<String> = sqlx::query_scalar(
+            "SELECT m.room_id FROM memberships m JOIN memberships o ON o.room_id = m.room_id \
+             WHERE m.user_id = $1 AND m.membership = 'join' AND o.membership = 'join' \
+             AND o.server_name = $2 LIMIT 1",
+        )
+        .bind(user_id.as_str())
+        .bind(server.as_str())
+        .fetch_optional(&self.read)
+        .await
+        .map_err(backend_err)?;
+        Ok(found.is_some())
+    }
+
     async fn remote_device_list(&self, user_id: &UserId) -> StoreResult<Option<RemoteDeviceList>> {
         let Some(row) = sqlx::query(
             "SELECT stream_id, stale, master_key, self_signing_key FROM remote_device_lists \

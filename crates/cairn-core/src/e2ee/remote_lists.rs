@@ -70,8 +70,10 @@ fn bad(message: impl Into<String>) -> Error {
 impl Homeserver {
     /// Whether some local user shares a room with `user_id` (the condition for caching).
     pub(crate) async fn tracked_locally(&self, user_id: &UserId) -> Result<bool> {
-        let mates = self.store().room_mates(user_id).await?;
-        Ok(mates.iter().any(|u| self.is_local(u)))
+        Ok(self
+            .store()
+            .shares_room_with_server(user_id, &self.config().server_name)
+            .await?)
     }
 
     /// Applies an `m.device_list_update` from `origin` (already authenticated).
@@ -263,6 +265,10 @@ impl Homeserver {
                 .map_err(|e| RemoteError::Invalid(e.to_string()))
         });
         match &list {
+            // A fetch that ends after the last shared room was left caches nothing.
+            Ok(_) if !self.tracked_locally(user_id).await? => {
+                self.store().forget_remote_device_list(user_id).await?;
+            }
             Ok(list) => {
                 self.store().replace_remote_device_list(list).await?;
                 self.notify_device_list_change(user_id).await?;

@@ -156,6 +156,18 @@ impl DeviceListStore for MemoryStore {
             .collect())
     }
 
+    async fn shares_room_with_server(
+        &self,
+        user_id: &UserId,
+        server: &ServerName,
+    ) -> StoreResult<bool> {
+        let state = self.state();
+        let rooms = &state.rooms;
+        Ok(rooms
+            .members_of_rooms_of(user_id)
+            .any(|u| u.server_name() == server))
+    }
+
     async fn remote_device_list(&self, user_id: &UserId) -> StoreResult<Option<RemoteDeviceList>> {
         let state = self.state();
         Ok(state

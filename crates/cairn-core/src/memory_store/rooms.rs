@@ -98,6 +98,18 @@ impl Rooms {
             .collect()
     }
 
+    /// Users joined to a room `user_id` is joined to (`user_id` included).
+    pub(super) fn members_of_rooms_of<'a>(
+        &'a self,
+        user_id: &UserId,
+    ) -> impl Iterator<Item = &'a OwnedUserId> + 'a {
+        let rooms = self.rooms_of(user_id);
+        self.memberships
+            .iter()
+            .filter(move |((r, _), (m, _))| m == "join" && rooms.contains(r))
+            .map(|((_, u), _)| u)
+    }
+
     fn rooms_of(&self, user_id: &UserId) -> Vec<OwnedRoomId> {
         self.memberships
             .iter()

@@ -78,6 +78,13 @@ pub trait DeviceListStore: Send + Sync {
         except_room: &ruma::RoomId,
     ) -> StoreResult<Vec<OwnedServerName>>;
 
+    /// Whether a user of `server` is joined to a room `user_id` is joined to.
+    async fn shares_room_with_server(
+        &self,
+        user_id: &UserId,
+        server: &ServerName,
+    ) -> StoreResult<bool>;
+
     /// The cached list of a remote user, if any.
     async fn remote_device_list(&self, user_id: &UserId) -> StoreResult<Option<RemoteDeviceList>>;
 
