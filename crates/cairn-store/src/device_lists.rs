@@ -273,9 +273,22 @@ impl DeviceListStore for SqlStore {
         Ok(pos)
     }
 
-    async fn replace_remote_device_list(&self, list: &RemoteDeviceList) -> StoreResult<u64> {
+    async fn replace_remote_device_list(
+        &self,
+        list: &RemoteDeviceList,
+    ) -> StoreResult<Option<u64>> {
         let user = list.user_id.as_str();
         let mut tx = self.begin().await?;
+        // Read inside the write transaction, so that an update applied meanwhile is seen.
+        let cached: Option<i64> =
+            sqlx::query_scalar("SELECT stream_id FROM remote_device_lists WHERE user_id = $1")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(backend_err)?;
+        if cached.is_some_and(|at| from_ms(at) > list.stream_id) {
+            return Ok(None);
+        }
         sqlx::query("DELETE FROM remote_devices WHERE user_id = $1")
             .bind(user)
             .execute(&mut *tx)
@@ -312,7 +325,7 @@ impl DeviceListStore for SqlStore {
         .map_err(backend_err)?;
         let pos = record_device_list_change(&mut tx, user, &[]).await?;
         tx.commit().await.map_err(backend_err)?;
-        Ok(pos)
+        Ok(Some(pos))
     }
 
     async fn set_remote_cross_signing_keys(

@@ -270,8 +270,14 @@ impl Homeserver {
                 self.store().forget_remote_device_list(user_id).await?;
             }
             Ok(list) => {
-                self.store().replace_remote_device_list(list).await?;
-                self.notify_device_list_change(user_id).await?;
+                if self
+                    .store()
+                    .replace_remote_device_list(list)
+                    .await?
+                    .is_some()
+                {
+                    self.notify_device_list_change(user_id).await?;
+                }
             }
             Err(_) => self.store().mark_remote_device_list_stale(user_id).await?,
         }

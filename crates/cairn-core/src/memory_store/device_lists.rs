@@ -213,8 +213,16 @@ impl DeviceListStore for MemoryStore {
         Ok(state.advance(Some(user_id)))
     }
 
-    async fn replace_remote_device_list(&self, list: &RemoteDeviceList) -> StoreResult<u64> {
+    async fn replace_remote_device_list(
+        &self,
+        list: &RemoteDeviceList,
+    ) -> StoreResult<Option<u64>> {
         let mut state = self.state();
+        if let Some(cached) = state.device_lists.remote.get(&list.user_id)
+            && cached.stream_id > list.stream_id
+        {
+            return Ok(None);
+        }
         let devices = list
             .devices
             .iter()
@@ -235,7 +243,7 @@ impl DeviceListStore for MemoryStore {
                 self_signing_key: list.self_signing_key.as_ref().map(|k| k.get().to_owned()),
             },
         );
-        Ok(state.advance(Some(&list.user_id)))
+        Ok(Some(state.advance(Some(&list.user_id))))
     }
 
     async fn set_remote_cross_signing_keys(

@@ -102,8 +102,11 @@ pub trait DeviceListStore: Send + Sync {
     ) -> StoreResult<u64>;
 
     /// Replaces a remote user's cached list with a fetched one (not stale); records a
-    /// device-list change at a new position, which is returned.
-    async fn replace_remote_device_list(&self, list: &RemoteDeviceList) -> StoreResult<u64>;
+    /// device-list change at a new position, which is returned. A list already cached at a
+    /// later `stream_id` (an update applied while the fetch was under way) is kept: nothing is
+    /// written and `None` returned.
+    async fn replace_remote_device_list(&self, list: &RemoteDeviceList)
+    -> StoreResult<Option<u64>>;
 
     /// Replaces a cached remote user's cross-signing keys; records a device-list change at a
     /// new position, which is returned. Does nothing (and returns `None`) for an uncached user.

@@ -4,7 +4,7 @@ use cairn_core::store::*;
 use ruma::server_name;
 use serde_json::value::RawValue;
 
-use crate::Harness;
+use crate::{Harness, raw};
 
 fn edu(destination: &str, n: u32) -> Outbound {
     Outbound {
@@ -127,4 +127,66 @@ pub(crate) async fn backoff_leases_and_inbound_transactions_persist(h: &Harness)
             .unwrap(),
         None
     );
+}
+
+/// A remote device list moves forward only: a fetched list older than an update applied
+/// meanwhile is not written; a stale mark and a forgotten list behave.
+pub(crate) async fn remote_device_lists_only_move_forward(h: &Harness) {
+    let store = &h.store;
+    let bob = ruma::user_id!("@bob:b.test");
+    let list = |stream_id: u64, devices: &[&str]| RemoteDeviceList {
+        user_id: bob.to_owned(),
+        stream_id,
+        stale: false,
+        devices: devices
+            .iter()
+            .map(|d| raw(&format!(r#"{{"device_id":"{d}"}}"#)))
+            .collect(),
+        master_key: Some(raw(r#"{"user_id":"@bob:b.test","usage":["master"]}"#)),
+        self_signing_key: None,
+    };
+    assert!(
+        store
+            .replace_remote_device_list(&list(5, &["A"]))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    store
+        .apply_remote_device_update(bob, "B", Some(&raw(r#"{"device_id":"B"}"#)), 7, false)
+        .await
+        .unwrap();
+    assert!(
+        store
+            .replace_remote_device_list(&list(6, &["A"]))
+            .await
+            .unwrap()
+            .is_none(),
+        "older than what is cached"
+    );
+    let cached = store.remote_device_list(bob).await.unwrap().unwrap();
+    assert_eq!(
+        (cached.stream_id, cached.devices.len(), cached.stale),
+        (7, 2, false)
+    );
+    assert!(cached.master_key.is_some());
+    store.mark_remote_device_list_stale(bob).await.unwrap();
+    assert_eq!(
+        store.stale_remote_device_lists().await.unwrap(),
+        [bob.to_owned()]
+    );
+    assert!(
+        store
+            .replace_remote_device_list(&list(9, &["C"]))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let cached = store.remote_device_list(bob).await.unwrap().unwrap();
+    assert_eq!(
+        (cached.stream_id, cached.devices.len(), cached.stale),
+        (9, 1, false)
+    );
+    store.forget_remote_device_list(bob).await.unwrap();
+    assert!(store.remote_device_list(bob).await.unwrap().is_none());
 }

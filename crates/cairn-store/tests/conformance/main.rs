@@ -87,6 +87,7 @@ conformance!(
     remote_keys_are_cached_and_replaced,
     queued_items_keep_their_order_until_delivered,
     backoff_leases_and_inbound_transactions_persist,
+    remote_device_lists_only_move_forward,
     data_survives_reopening,
     concurrent_registrations_of_one_name_let_one_win,
 );
