@@ -280,14 +280,18 @@ impl DeviceListStore for SqlStore {
         let user = list.user_id.as_str();
         let mut tx = self.begin().await?;
         // Read inside the write transaction, so that an update applied meanwhile is seen.
-        let cached: Option<i64> =
-            sqlx::query_scalar("SELECT stream_id FROM remote_device_lists WHERE user_id = $1")
+        let cached =
+            sqlx::query("SELECT stream_id, stale FROM remote_device_lists WHERE user_id = $1")
                 .bind(user)
                 .fetch_optional(&mut *tx)
                 .await
                 .map_err(backend_err)?;
-        if cached.is_some_and(|at| from_ms(at) > list.stream_id) {
-            return Ok(None);
+        if let Some(row) = cached {
+            let at: i64 = row.try_get("stream_id").map_err(backend_err)?;
+            let stale: i64 = row.try_get("stale").map_err(backend_err)?;
+            if stale == 0 && from_ms(at) > list.stream_id {
+                return Ok(None);
+            }
         }
         sqlx::query("DELETE FROM remote_devices WHERE user_id = $1")
             .bind(user)

@@ -219,6 +219,7 @@ impl DeviceListStore for MemoryStore {
     ) -> StoreResult<Option<u64>> {
         let mut state = self.state();
         if let Some(cached) = state.device_lists.remote.get(&list.user_id)
+            && !cached.stale
             && cached.stream_id > list.stream_id
         {
             return Ok(None);

@@ -102,9 +102,9 @@ pub trait DeviceListStore: Send + Sync {
     ) -> StoreResult<u64>;
 
     /// Replaces a remote user's cached list with a fetched one (not stale); records a
-    /// device-list change at a new position, which is returned. A list already cached at a
-    /// later `stream_id` (an update applied while the fetch was under way) is kept: nothing is
-    /// written and `None` returned.
+    /// device-list change at a new position, which is returned. A list cached in order (not
+    /// stale) at a later `stream_id`, from an update applied while the fetch was under way, is
+    /// kept: nothing is written and `None` returned. A stale list always takes the fetched one.
     async fn replace_remote_device_list(&self, list: &RemoteDeviceList)
     -> StoreResult<Option<u64>>;
 
