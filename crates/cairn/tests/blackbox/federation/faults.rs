@@ -86,7 +86,7 @@ async fn a_shared_users_list_is_fetched_once_then_answered_from_the_cache() {
     let b_server = fed.servers[1].as_ref().unwrap();
     cached_list(b_server, &alice.user_id, |l| l.devices.len() == 1).await;
 
-    // Dropped (as if never fetched): the next query fetches the whole list, once.
+    // Dropped (as if never fetched): the next query fetches the whole list, at most once.
     let alice_id: ruma::OwnedUserId = alice.user_id.as_str().try_into().unwrap();
     b_server
         .homeserver
@@ -117,10 +117,11 @@ async fn a_shared_users_list_is_fetched_once_then_answered_from_the_cache() {
     proxy.set(Fault::Status(502)).await;
     let second: Value = query().await;
     assert_eq!(second, first, "the same answer, from the cache");
-    assert_eq!(
-        proxy.seen("GET /_matrix/federation/v1/user/devices/") - devices_before,
-        1,
-        "one fetch of the whole list"
+    // At most one: a fetch still under way from the join may have cached the list again
+    // before the first query, which then needs none.
+    assert!(
+        proxy.seen("GET /_matrix/federation/v1/user/devices/") - devices_before <= 1,
+        "at most one fetch of the whole list"
     );
     assert_eq!(
         proxy.seen("POST /_matrix/federation/v1/user/keys/query"),
