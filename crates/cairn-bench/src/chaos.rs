@@ -95,6 +95,7 @@ struct Participant {
     /// Texts it decrypted, and how many messages it could not decrypt.
     decrypted: Vec<String>,
     failed: usize,
+    failures: BTreeMap<String, usize>,
 }
 
 /// What one run saw.
@@ -107,6 +108,8 @@ struct Report {
     /// Messages that arrived and could not be decrypted (the rest of the shortfall never
     /// arrived).
     arrived_undecryptable: usize,
+    /// Why those did not decrypt, by kind.
+    failure_kinds: BTreeMap<String, usize>,
     claims_from_cache: BTreeMap<String, Vec<Duration>>,
     restarts: usize,
     simulated_days: u64,
@@ -165,6 +168,9 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             report.restarts,
             report.simulated_days,
         );
+        for (kind, n) in &report.failure_kinds {
+            println!("  undecryptable on arrival: {n} x {kind}");
+        }
     }
     Ok(())
 }
@@ -267,6 +273,7 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
                     client,
                     decrypted: Vec::new(),
                     failed: 0,
+                    failures: BTreeMap::new(),
                 });
             }
         }
@@ -394,6 +401,11 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
         }
     }
     report.arrived_undecryptable = people.iter().map(|p| p.failed).sum();
+    for p in &people {
+        for (kind, n) in &p.failures {
+            *report.failure_kinds.entry(kind.clone()).or_default() += n;
+        }
+    }
     for server in servers.iter_mut() {
         server.stop().await?;
     }
@@ -408,7 +420,12 @@ fn receive(p: &mut Participant, received: &[cairn_client::client::Received]) {
     for message in received {
         match &message.text {
             Ok(text) => p.decrypted.push(text.clone()),
-            Err(_) => p.failed += 1,
+            Err(why) => {
+                p.failed += 1;
+                // The kind of failure, without the key or session it names.
+                let kind: String = why.split(':').take(2).collect::<Vec<_>>().join(":");
+                *p.failures.entry(kind).or_default() += 1;
+            }
         }
     }
 }
