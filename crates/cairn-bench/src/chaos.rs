@@ -8,8 +8,9 @@
 //! messages their recipients could decrypt, and how long claims answered from a cache took. The
 //! same schedule runs twice: clients opting in to MSC4081, and not.
 //!
-//! Servers keep real time: their outages last milliseconds to seconds, far inside the cache's
-//! age limit, which this run therefore does not exercise.
+//! Servers and clients share one simulated clock: real time plus the hours the schedule adds,
+//! so backoff and queues run as usual while keys age by weeks and the cache's age limit
+//! applies as it would.
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener};
@@ -18,8 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use cairn::config::Config;
-use cairn::serve::{RunningServer, start_on};
-use cairn_client::FakeClock;
+use cairn::serve::{RunningServer, start_on_with_clock};
 use cairn_client::client::{Client, ClientError, KeySource};
 use serde_json::json;
 
@@ -49,6 +49,46 @@ impl Default for Options {
     }
 }
 
+/// Real time plus whatever the schedule adds: what servers and clients read as now.
+struct SimClock {
+    started: Instant,
+    start_ms: u64,
+    added_ms: std::sync::atomic::AtomicU64,
+}
+
+impl SimClock {
+    fn new(start_ms: u64) -> Self {
+        Self {
+            started: Instant::now(),
+            start_ms,
+            added_ms: Default::default(),
+        }
+    }
+
+    fn advance_ms(&self, ms: u64) {
+        self.added_ms
+            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn now(&self) -> u64 {
+        self.start_ms
+            + self.started.elapsed().as_millis() as u64
+            + self.added_ms.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl cairn_core::Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.now()
+    }
+}
+
+impl cairn_client::Clock for SimClock {
+    fn now_ms(&self) -> u64 {
+        self.now()
+    }
+}
+
 /// A small deterministic generator (xorshift64*), so that a seed replays a run.
 struct Rng(u64);
 
@@ -69,13 +109,15 @@ struct Server {
     config: Config,
     addrs: (SocketAddr, SocketAddr),
     running: Option<RunningServer>,
+    clock: Arc<SimClock>,
 }
 
 impl Server {
     async fn start(&mut self) -> anyhow::Result<()> {
         let client = TcpListener::bind(self.addrs.0)?;
         let federation = TcpListener::bind(self.addrs.1)?;
-        self.running = Some(start_on(&self.config, client, federation).await?);
+        self.running =
+            Some(start_on_with_clock(&self.config, client, federation, self.clock.clone()).await?);
         Ok(())
     }
 
@@ -177,6 +219,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
 
 async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
     let dir = tempfile::tempdir()?;
+    let clock = Arc::new(SimClock::new(1_700_000_000_000));
     let names: Vec<String> = (0..options.servers)
         .map(|i| format!("s{i}.chaos"))
         .collect();
@@ -210,6 +253,7 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
             config,
             addrs,
             running: None,
+            clock: clock.clone(),
         };
         server.start().await?;
         servers.push(server);
@@ -218,7 +262,6 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
 
     // Users, one room with everyone, devices.
     let http = reqwest::Client::new();
-    let clock = Arc::new(FakeClock::at(1_700_000_000_000));
     let mut room_id = String::new();
     let mut people = Vec::new();
     for (s, server) in servers.iter().enumerate() {
@@ -412,8 +455,8 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
     Ok(report)
 }
 
-fn clock_now(clock: &FakeClock) -> u64 {
-    cairn_client::Clock::now_ms(clock)
+fn clock_now(clock: &SimClock) -> u64 {
+    clock.now()
 }
 
 fn receive(p: &mut Participant, received: &[cairn_client::client::Received]) {

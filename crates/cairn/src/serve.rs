@@ -38,6 +38,14 @@ pub struct Built {
 /// Opens the store, loads the signing key and builds the homeserver that both `serve` and
 /// `user add` use.
 pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
+    homeserver_with_clock(config, Arc::new(SystemClock)).await
+}
+
+/// [`homeserver`] reading the time from `clock` (simulations run servers on theirs).
+pub async fn homeserver_with_clock(
+    config: &Config,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<Built> {
     let server_name = ruma::ServerName::parse(&config.server_name)
         .with_context(|| format!("invalid server_name {:?}", config.server_name))?;
     std::fs::create_dir_all(&config.data_dir)
@@ -49,10 +57,9 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
     })
     .await
     .with_context(|| format!("cannot open database {}", redact(&url)))?;
-    let identity =
-        ServerIdentity::load_or_create(&store, server_name.clone(), SystemClock.now_ms())
-            .await
-            .context("cannot load the signing key")?;
+    let identity = ServerIdentity::load_or_create(&store, server_name.clone(), clock.now_ms())
+        .await
+        .context("cannot load the signing key")?;
     let mut settings = ClientSettings {
         verify_tls: config.federation.verify_tls,
         extra_roots_pem: Vec::new(),
@@ -64,7 +71,6 @@ pub async fn homeserver(config: &Config) -> anyhow::Result<Built> {
     }
     let client = FederationClient::new(identity.clone(), &settings)
         .map_err(|e| anyhow::anyhow!("cannot build the federation client: {e}"))?;
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let key_ring = KeyRing::new(
         server_name.clone(),
         Arc::new(store.clone()),
@@ -171,6 +177,23 @@ pub async fn start_on(
     client_listener: std::net::TcpListener,
     federation_listener: std::net::TcpListener,
 ) -> anyhow::Result<RunningServer> {
+    start_on_with_clock(
+        config,
+        client_listener,
+        federation_listener,
+        Arc::new(SystemClock),
+    )
+    .await
+}
+
+/// [`start_on`] with the server reading the time from `clock` (its rules, backoff and
+/// leases; TLS checks keep the system's time).
+pub async fn start_on_with_clock(
+    config: &Config,
+    client_listener: std::net::TcpListener,
+    federation_listener: std::net::TcpListener,
+    clock: Arc<dyn Clock>,
+) -> anyhow::Result<RunningServer> {
     let Built {
         hs,
         store,
@@ -178,11 +201,11 @@ pub async fn start_on(
         key_ring,
         client: federation_client,
         backoff,
-    } = homeserver(config).await?;
+    } = homeserver_with_clock(config, clock.clone()).await?;
     let sender = cairn_federation::sender::start(
         federation_client.clone(),
         hs.clone(),
-        Arc::new(SystemClock),
+        clock,
         backoff,
         instance_id(&config.data_dir)?,
     );
