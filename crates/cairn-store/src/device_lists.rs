@@ -368,6 +368,17 @@ impl DeviceListStore for SqlStore {
         Ok(())
     }
 
+    async fn devices_with_cached_fallback_keys(&self) -> StoreResult<u64> {
+        // Receivers keep fallback keys under the unstable name only (see cairn-core's msc4081).
+        let count: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM remote_devices WHERE content LIKE '%\"org.matrix.msc4081.fallback_keys\"%'",
+        )
+        .fetch_one(&self.read)
+        .await
+        .map_err(backend_err)?;
+        Ok(from_ms(count))
+    }
+
     async fn stale_remote_device_lists(&self) -> StoreResult<Vec<OwnedUserId>> {
         let users: Vec<String> = sqlx::query_scalar(
             "SELECT user_id FROM remote_device_lists WHERE stale = 1 ORDER BY user_id",

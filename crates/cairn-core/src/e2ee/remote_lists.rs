@@ -287,6 +287,8 @@ impl Homeserver {
     /// Fetches every stale list again, except those of servers in backoff; drops lists no local
     /// user needs any more. Run every [`RESYNC_INTERVAL`].
     pub async fn retry_stale_device_lists(&self) -> Result<()> {
+        let held = self.store().devices_with_cached_fallback_keys().await?;
+        metrics::gauge!("cairn_msc4081_cached_devices").set(held as f64);
         let now = self.now_ms();
         for user_id in self.store().stale_remote_device_lists().await? {
             if !self.tracked_locally(&user_id).await? {

@@ -273,6 +273,17 @@ impl DeviceListStore for MemoryStore {
         Ok(())
     }
 
+    async fn devices_with_cached_fallback_keys(&self) -> StoreResult<u64> {
+        let state = self.state();
+        Ok(state
+            .device_lists
+            .remote
+            .values()
+            .flat_map(|e| e.devices.values())
+            .filter(|d| d.contains(crate::e2ee::msc4081::UNSTABLE_FIELD))
+            .count() as u64)
+    }
+
     async fn stale_remote_device_lists(&self) -> StoreResult<Vec<OwnedUserId>> {
         let state = self.state();
         Ok(state

@@ -120,6 +120,9 @@ pub trait DeviceListStore: Send + Sync {
     /// Marks a remote user's list as needing a fetch (creating an empty one if none is cached).
     async fn mark_remote_device_list_stale(&self, user_id: &UserId) -> StoreResult<()>;
 
+    /// How many cached remote devices hold shared fallback keys (MSC4081).
+    async fn devices_with_cached_fallback_keys(&self) -> StoreResult<u64>;
+
     /// Remote users whose lists are stale.
     async fn stale_remote_device_lists(&self) -> StoreResult<Vec<OwnedUserId>>;
 

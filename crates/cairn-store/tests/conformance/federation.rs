@@ -187,6 +187,14 @@ pub(crate) async fn remote_device_lists_only_move_forward(h: &Harness) {
         (cached.stream_id, cached.devices.len(), cached.stale),
         (3, 1, false)
     );
+    assert_eq!(store.devices_with_cached_fallback_keys().await.unwrap(), 0);
+    let sharing = raw(r#"{"device_id":"F","org.matrix.msc4081.fallback_keys":{"a:b":{}}}"#);
+    store
+        .apply_remote_device_update(bob, "F", Some(&sharing), 10, false)
+        .await
+        .unwrap();
+    assert_eq!(store.devices_with_cached_fallback_keys().await.unwrap(), 1);
     store.forget_remote_device_list(bob).await.unwrap();
+    assert_eq!(store.devices_with_cached_fallback_keys().await.unwrap(), 0);
     assert!(store.remote_device_list(bob).await.unwrap().is_none());
 }
