@@ -49,6 +49,20 @@ pub struct Transport {
     pub keys: KeyRing,
 }
 
+impl Transport {
+    /// A signed `GET` to `destination`.
+    async fn get(
+        &self,
+        destination: &ServerName,
+        path: &str,
+        timeout: Duration,
+    ) -> Result<Value, RemoteError> {
+        self.client
+            .send(destination, reqwest::Method::GET, path, None, timeout)
+            .await
+    }
+}
+
 #[async_trait]
 impl Federation for Transport {
     async fn query_keys(
@@ -99,9 +113,7 @@ impl Federation for Transport {
             path.push(if i == 0 { '?' } else { '&' });
             path.push_str(&format!("ver={}", encode(version)));
         }
-        self.client
-            .send(destination, reqwest::Method::GET, &path, None, JOIN_TIMEOUT)
-            .await
+        self.get(destination, &path, JOIN_TIMEOUT).await
     }
 
     async fn send_join(
@@ -132,15 +144,7 @@ impl Federation for Transport {
             "/_matrix/federation/v1/query/profile?user_id={}",
             encode(user_id.as_str())
         );
-        self.client
-            .send(
-                destination,
-                reqwest::Method::GET,
-                &path,
-                None,
-                PROFILE_TIMEOUT,
-            )
-            .await
+        self.get(destination, &path, PROFILE_TIMEOUT).await
     }
 
     async fn query_directory(
@@ -152,15 +156,7 @@ impl Federation for Transport {
             "/_matrix/federation/v1/query/directory?room_alias={}",
             encode(alias.as_str())
         );
-        self.client
-            .send(
-                destination,
-                reqwest::Method::GET,
-                &path,
-                None,
-                PROFILE_TIMEOUT,
-            )
-            .await
+        self.get(destination, &path, PROFILE_TIMEOUT).await
     }
 
     async fn get_missing_events(
@@ -193,15 +189,7 @@ impl Federation for Transport {
             "/_matrix/federation/v1/user/devices/{}",
             encode(user_id.as_str())
         );
-        self.client
-            .send(
-                destination,
-                reqwest::Method::GET,
-                &path,
-                None,
-                FETCH_TIMEOUT,
-            )
-            .await
+        self.get(destination, &path, FETCH_TIMEOUT).await
     }
 
     async fn make_leave(
@@ -211,9 +199,7 @@ impl Federation for Transport {
         user_id: &ruma::UserId,
     ) -> Result<Value, RemoteError> {
         let path = room_path("v1/make_leave", room_id.as_str(), user_id.as_str());
-        self.client
-            .send(destination, reqwest::Method::GET, &path, None, JOIN_TIMEOUT)
-            .await
+        self.get(destination, &path, JOIN_TIMEOUT).await
     }
 
     async fn send_leave(

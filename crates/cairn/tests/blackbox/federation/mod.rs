@@ -146,6 +146,20 @@ impl Federation {
     }
 }
 
+/// Waits until `server` has nothing queued for `destination` (at most 10 s).
+async fn queue_drained(server: &RunningServer, destination: &str) {
+    let destination: ruma::OwnedServerName = destination.try_into().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let store = server.homeserver.store();
+    while !store.queued(&destination, 1).await.unwrap().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the queue for {destination} never drained"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Syncs as `session` until `found` picks something out of a response, or 10 s pass.
 async fn sync_until<T>(
     client: &Client,

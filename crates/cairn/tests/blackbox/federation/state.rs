@@ -46,22 +46,7 @@ async fn missed_events_are_fetched_and_history_is_served() {
         send_text(&a, &alice, &room_id, "lost2").await,
     ];
     let a_server = fed.servers[0].as_ref().unwrap();
-    let b_name: ruma::OwnedServerName = "b.test".try_into().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !a_server
-        .homeserver
-        .store()
-        .queued(&b_name, 1)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "a.test never sent the lost events"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    super::queue_drained(a_server, "b.test").await;
     fed.proxies[1].set(Fault::Pass).await;
     let last = send_text(&a, &alice, &room_id, "after").await;
     see_message(&b, &bob, &room_id, "after").await;

@@ -124,22 +124,7 @@ async fn a_message_to_many_remote_users_is_split_across_transactions() {
     let (got, _) = poll(&b, &bob, &token).await;
     assert_eq!(got, [json!({ "n": "bob" })]);
     let a_server = fed.servers[0].as_ref().unwrap();
-    let b_name: ruma::OwnedServerName = "b.test".try_into().unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !a_server
-        .homeserver
-        .store()
-        .queued(&b_name, 1)
-        .await
-        .unwrap()
-        .is_empty()
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the queue never drained"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    super::queue_drained(a_server, "b.test").await;
     // All 101 were queued at once (one store transaction), so the sender saw them together.
     let transactions = fed.proxies[1].seen("PUT /_matrix/federation/v1/send/");
     assert!(
