@@ -146,6 +146,9 @@ struct Report {
     sent: usize,
     sender_offline: usize,
     no_key: usize,
+    /// For each "no key": how long (simulated) the sender's and the recipient's servers had
+    /// not been up together, which bounds the age of the newest key the sender's server holds.
+    no_key_partitions_ms: Vec<u64>,
     delivered_decrypted: usize,
     /// Messages that arrived and could not be decrypted (the rest of the shortfall never
     /// arrived).
@@ -212,6 +215,24 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         );
         for (kind, n) in &report.failure_kinds {
             println!("  undecryptable on arrival: {n} x {kind}");
+        }
+        if eager && !report.no_key_partitions_ms.is_empty() {
+            let days: Vec<String> = report
+                .no_key_partitions_ms
+                .iter()
+                .map(|ms| format!("{:.1}", *ms as f64 / DAY_MS as f64))
+                .collect();
+            let limit_ms = cairn::config::Msc4081::default().max_cached_key_age_ms;
+            let within = report
+                .no_key_partitions_ms
+                .iter()
+                .filter(|ms| **ms <= limit_ms)
+                .count();
+            println!(
+                "  no key with MSC4081 on: partitions of {} days; {within} within the {}-day age limit",
+                days.join(", "),
+                limit_ms / DAY_MS
+            );
         }
     }
     Ok(())
@@ -349,6 +370,7 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
 
     let mut rng = Rng(options.seed | 1);
     let mut report = Report::default();
+    let mut together = Together::new(servers.len(), clock_now(&clock));
     let mut texts: BTreeMap<String, usize> = BTreeMap::new();
     let started_ms = clock_now(&clock);
     for step in 0..options.steps {
@@ -381,7 +403,14 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
                         report.sent += 1;
                         texts.insert(text, to);
                     }
-                    Err(ClientError::NoKey(_)) => report.no_key += 1,
+                    Err(ClientError::NoKey(_)) => {
+                        report.no_key += 1;
+                        report.no_key_partitions_ms.push(together.apart_ms(
+                            people[from].server,
+                            people[to].server,
+                            clock_now(&clock),
+                        ));
+                    }
                     Err(err) => return Err(err).context("a send failed"),
                 }
             }
@@ -393,9 +422,12 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
                     servers[s].start().await?;
                     report.restarts += 1;
                 }
+                together.update(&servers, clock_now(&clock));
             }
             _ => {
+                together.update(&servers, clock_now(&clock));
                 clock.advance_ms((1 + rng.below(12) as u64) * 60 * 60 * 1000);
+                together.update(&servers, clock_now(&clock));
                 for p in people.iter_mut() {
                     if servers[p.server].running.is_some() {
                         let received = p.client.sync(0).await.context("sync")?;
@@ -405,7 +437,7 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
             }
         }
     }
-    report.simulated_days = (clock_now(&clock) - started_ms) / (24 * 60 * 60 * 1000);
+    report.simulated_days = (clock_now(&clock) - started_ms) / DAY_MS;
 
     // Everything back; every queue drained; every device syncs until nothing more arrives.
     for server in servers.iter_mut() {
@@ -457,6 +489,32 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
 
 fn clock_now(clock: &SimClock) -> u64 {
     clock.now()
+}
+
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// When each pair of servers was last up at the same time (simulated ms): a server holds
+/// keys from another only as new as that moment.
+struct Together(Vec<Vec<u64>>);
+
+impl Together {
+    fn new(servers: usize, now_ms: u64) -> Self {
+        Self(vec![vec![now_ms; servers]; servers])
+    }
+
+    fn update(&mut self, servers: &[Server], now_ms: u64) {
+        for (i, a) in servers.iter().enumerate() {
+            for (j, b) in servers.iter().enumerate() {
+                if a.running.is_some() && b.running.is_some() {
+                    self.0[i][j] = now_ms;
+                }
+            }
+        }
+    }
+
+    fn apart_ms(&self, a: usize, b: usize, now_ms: u64) -> u64 {
+        now_ms.saturating_sub(self.0[a][b])
+    }
 }
 
 fn receive(p: &mut Participant, received: &[cairn_client::client::Received]) {

@@ -8,14 +8,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 
-use crate::server::ServerProcess;
+use crate::server::{ServerProcess, Target};
 
 /// Longest a single phase may run; it stops early with what it measured.
 const PHASE_TIME_LIMIT: Duration = Duration::from_secs(120);
 /// One-time keys per upload request.
 const OTKS_PER_UPLOAD: usize = 50;
-/// Uploads per device (5000 one-time keys is Cairn's cap per device).
+/// Uploads per device: 5000 one-time keys is Cairn's cap per device, 500 Synapse's.
 const UPLOADS_PER_DEVICE: usize = 90;
+const UPLOADS_PER_DEVICE_ELSEWHERE: usize = 10;
 
 /// What to run.
 pub struct Options {
@@ -24,6 +25,10 @@ pub struct Options {
     pub requests: usize,
     pub concurrency: Vec<usize>,
     pub postgres_url: String,
+    /// A homeserver already running (for example Synapse), measured instead of starting Cairn.
+    pub against: Option<String>,
+    /// Its process, whose CPU time is then reported.
+    pub pid: Option<u32>,
 }
 
 impl Default for Options {
@@ -34,6 +39,8 @@ impl Default for Options {
             requests: 4000,
             concurrency: vec![8, 64],
             postgres_url: "postgres://postgres@127.0.0.1:5432".into(),
+            against: None,
+            pid: None,
         }
     }
 }
@@ -58,12 +65,34 @@ struct Row {
     elapsed: Duration,
     p50: Duration,
     p99: Duration,
-    cpu: Duration,
+    /// The server's CPU time, when its process is known.
+    cpu: Option<Duration>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
     let mut rows = Vec::new();
-    for backend in &options.backends {
+    if let Some(base) = &options.against {
+        let target = Target {
+            base: base.trim_end_matches('/').to_owned(),
+            pid: options.pid,
+        };
+        rows.extend(
+            bench_backend(
+                &target,
+                "running server",
+                UPLOADS_PER_DEVICE_ELSEWHERE,
+                &options,
+            )
+            .await?,
+        );
+    }
+    for backend in options
+        .against
+        .is_none()
+        .then_some(&options.backends)
+        .into_iter()
+        .flatten()
+    {
         let dir = tempfile::tempdir()?;
         let (url, db) = match *backend {
             "sqlite" => (format!("sqlite://{}/cairn.db", dir.path().display()), None),
@@ -79,7 +108,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             }
         };
         let server = ServerProcess::start(&options.cairn, dir.path(), &url).await?;
-        let result = bench_backend(&server, backend, &options).await;
+        let result = bench_backend(&server.target(), backend, UPLOADS_PER_DEVICE, &options).await;
         server.stop().await;
         if let Some(name) = db {
             psql(
@@ -95,8 +124,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
+        let cpu = r.cpu.map_or("".to_owned(), |cpu| {
+            format!("{:.0}", cpu.as_secs_f64() * 1e6 / r.requests as f64)
+        });
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} | {:.2} | {cpu} |",
             r.backend,
             r.endpoint,
             r.concurrency,
@@ -104,7 +136,6 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             r.requests as f64 / r.elapsed.as_secs_f64(),
             r.p50.as_secs_f64() * 1e3,
             r.p99.as_secs_f64() * 1e3,
-            r.cpu.as_secs_f64() * 1e6 / r.requests as f64,
         );
     }
     Ok(())
@@ -121,8 +152,9 @@ async fn psql(admin_url: &str, sql: &str) -> anyhow::Result<()> {
 }
 
 async fn bench_backend(
-    server: &ServerProcess,
+    server: &Target,
     backend: &'static str,
+    uploads_per_device: usize,
     o: &Options,
 ) -> anyhow::Result<Vec<Row>> {
     let http = reqwest::Client::builder()
@@ -142,16 +174,27 @@ async fn bench_backend(
             Ok::<Value, anyhow::Error>(serde_json::from_str(&text)?)
         }
     };
-    call("/_matrix/client/v3/register", None, json!({ "username": "bench", "password": "pw", "auth": { "type": "m.login.dummy" }, "inhibit_login": true })).await?;
+    // A new user per run, so that a server measured before keeps no state that matters.
+    let username = format!(
+        "bench{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let registered = call("/_matrix/client/v3/register", None, json!({ "username": username, "password": "pw", "auth": { "type": "m.login.dummy" }, "inhibit_login": true })).await?;
+    let user_id = registered["user_id"]
+        .as_str()
+        .context("registered")?
+        .to_owned();
     let max_concurrency = o.concurrency.iter().copied().max().unwrap_or(1);
     let devices = (o.requests * o.concurrency.len())
-        .div_ceil(UPLOADS_PER_DEVICE)
+        .div_ceil(uploads_per_device)
         .max(max_concurrency);
     let mut tokens = Vec::new();
     for i in 0..devices {
-        let login = call("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": "bench" }, "password": "pw", "device_id": format!("D{i}") })).await?;
+        let login = call("/_matrix/client/v3/login", None, json!({ "type": "m.login.password", "identifier": { "type": "m.id.user", "user": username }, "password": "pw", "device_id": format!("D{i}") })).await?;
         let token = login["access_token"].as_str().context("token")?.to_owned();
-        let keys = json!({ "device_keys": { "user_id": "@bench:localhost:8448", "device_id": format!("D{i}"), "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": { format!("ed25519:D{i}"): "k" }, "signatures": {} } });
+        let keys = json!({ "device_keys": { "user_id": user_id, "device_id": format!("D{i}"), "algorithms": ["m.olm.v1.curve25519-aes-sha2"], "keys": { format!("ed25519:D{i}"): "k" }, "signatures": {} } });
         call("/_matrix/client/v3/keys/upload", Some(&token), keys).await?;
         tokens.push(token);
     }
@@ -171,7 +214,7 @@ async fn bench_backend(
                 o.requests,
                 move |i| {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let device = n / UPLOADS_PER_DEVICE % t.len();
+                    let device = n / uploads_per_device % t.len();
                     let otks: serde_json::Map<String, Value> = (0..OTKS_PER_UPLOAD)
                         .map(|k| {
                             (
@@ -191,17 +234,29 @@ async fn bench_backend(
         );
     }
     for &concurrency in &o.concurrency {
-        let t = tokens.clone();
+        let (t, user_id) = (tokens.clone(), user_id.clone());
         rows.push(
-            phase(server, &http, backend, "/keys/claim", concurrency, o.requests, move |i| {
-                let device = format!("D{}", i % t.len());
-                ("/_matrix/client/v3/keys/claim", t[0].clone(), json!({ "one_time_keys": { "@bench:localhost:8448": { device: "signed_curve25519" } } }))
-            })
+            phase(
+                server,
+                &http,
+                backend,
+                "/keys/claim",
+                concurrency,
+                o.requests,
+                move |i| {
+                    let device = format!("D{}", i % t.len());
+                    (
+                        "/_matrix/client/v3/keys/claim",
+                        t[0].clone(),
+                        json!({ "one_time_keys": { &user_id: { device: "signed_curve25519" } } }),
+                    )
+                },
+            )
             .await?,
         );
     }
     for &concurrency in &o.concurrency {
-        let t = tokens.clone();
+        let (t, user_id) = (tokens.clone(), user_id.clone());
         rows.push(
             phase(
                 server,
@@ -215,7 +270,7 @@ async fn bench_backend(
                     (
                         "/_matrix/client/v3/keys/query",
                         t[0].clone(),
-                        json!({ "device_keys": { "@bench:localhost:8448": [device] } }),
+                        json!({ "device_keys": { &user_id: [device] } }),
                     )
                 },
             )
@@ -227,7 +282,7 @@ async fn bench_backend(
 
 /// Runs `requests` requests from `concurrency` worker tasks (or until the time limit).
 async fn phase<F>(
-    server: &ServerProcess,
+    server: &Target,
     http: &reqwest::Client,
     backend: &'static str,
     endpoint: &'static str,
@@ -240,7 +295,7 @@ where
 {
     let make = Arc::new(make);
     let issued = Arc::new(AtomicUsize::new(0));
-    let cpu_before = server.cpu_time()?;
+    let cpu_before = server.cpu_time().transpose()?;
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
@@ -282,7 +337,10 @@ where
         latencies.extend(worker.await??);
     }
     let elapsed = started.elapsed();
-    let cpu = server.cpu_time()?.saturating_sub(cpu_before);
+    let cpu = match (server.cpu_time().transpose()?, cpu_before) {
+        (Some(after), Some(before)) => Some(after.saturating_sub(before)),
+        _ => None,
+    };
     latencies.sort();
     let pick = |q: f64| latencies[((latencies.len() as f64 * q) as usize).min(latencies.len() - 1)];
     Ok(Row {

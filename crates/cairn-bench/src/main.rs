@@ -4,7 +4,9 @@
 //! loopback, prepares users and devices, then measures `/keys/upload` (50 one-time keys per
 //! request), `/keys/claim` and `/keys/query` at each concurrency: requests per second, p50 and
 //! p99 latency, and the server's CPU time per request (from `/proc/<pid>/stat`). Every phase is
-//! bounded by a request count and a time limit; nothing but 127.0.0.1 is contacted.
+//! bounded by a request count and a time limit; nothing but 127.0.0.1 is contacted. With
+//! `--against URL` the same load goes to a homeserver already running (Synapse, say), so both
+//! are measured on one machine; `--pid` names its process for the CPU column.
 
 mod chaos;
 mod keys;
@@ -14,6 +16,7 @@ use anyhow::{Context, bail};
 
 const USAGE: &str = "usage: cairn-bench keys [--cairn PATH] [--backend sqlite|postgres|both] \
 [--requests N] [--concurrency 8,64] [--postgres-url URL]\n       \
+cairn-bench keys --against URL [--pid PID] [--requests N] [--concurrency 8,64]\n       \
 cairn-bench chaos [--seed N] [--servers N] [--users N] [--devices N] [--steps N]";
 
 #[tokio::main]
@@ -62,6 +65,8 @@ async fn main() -> anyhow::Result<()> {
                     .collect::<Result<_, _>>()?;
             }
             "--postgres-url" => options.postgres_url = value()?,
+            "--against" => options.against = Some(value()?),
+            "--pid" => options.pid = Some(value()?.parse()?),
             _ => bail!("unknown flag {flag}\n{USAGE}"),
         }
     }

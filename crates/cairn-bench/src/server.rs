@@ -56,16 +56,12 @@ impl ServerProcess {
         Ok(Self { child, base })
     }
 
-    /// CPU time (user + system) the server has used so far.
-    pub fn cpu_time(&self) -> anyhow::Result<Duration> {
-        let pid = self.child.id().context("server exited")?;
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
-        let after = stat.rsplit_once(')').context("odd /proc stat")?.1;
-        let fields: Vec<&str> = after.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-        let hz = 100; // USER_HZ on Linux
-        Ok(Duration::from_millis(ticks * 1000 / hz))
+    /// Where to send load, and whose CPU time to read.
+    pub fn target(&self) -> Target {
+        Target {
+            base: self.base.clone(),
+            pid: self.child.id(),
+        }
     }
 
     /// Stops the server.
@@ -73,4 +69,30 @@ impl ServerProcess {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
     }
+}
+
+/// A homeserver under load: its client API, and its process when known.
+pub struct Target {
+    /// `http://127.0.0.1:PORT`.
+    pub base: String,
+    /// The server's process, for its CPU time.
+    pub pid: Option<u32>,
+}
+
+impl Target {
+    /// CPU time (user + system) the server has used so far, if its process is known.
+    pub fn cpu_time(&self) -> Option<anyhow::Result<Duration>> {
+        self.pid.map(cpu_time)
+    }
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+    let after = stat.rsplit_once(')').context("odd /proc stat")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    let hz = 100; // USER_HZ on Linux
+    Ok(Duration::from_millis(ticks * 1000 / hz))
 }
