@@ -133,6 +133,11 @@ impl DeviceStore for SqlStore {
     }
 
     async fn token_owner(&self, token_hash: &str) -> StoreResult<Option<TokenOwner>> {
+        let generation = match self.tokens.as_ref().map(|cache| cache.get(token_hash)) {
+            Some(Ok(owner)) => return Ok(Some(owner)),
+            Some(Err(generation)) => Some(generation),
+            None => None,
+        };
         let row = sqlx::query(
             "SELECT t.user_id, t.device_id, d.last_seen_ms FROM access_tokens t \
              JOIN devices d ON d.user_id = t.user_id AND d.device_id = t.device_id \
@@ -156,6 +161,12 @@ impl DeviceStore for SqlStore {
             })
         })
         .transpose()
+        .inspect(|owner| {
+            if let (Some(cache), Some(generation), Some(owner)) = (&self.tokens, generation, owner)
+            {
+                cache.keep(generation, token_hash, owner);
+            }
+        })
     }
 
     async fn touch_device(
@@ -173,6 +184,9 @@ impl DeviceStore for SqlStore {
             .execute(&self.write)
             .await
             .map_err(backend_err)?;
+        if let Some(cache) = &self.tokens {
+            cache.seen(user_id, device_id, now_ms);
+        }
         Ok(())
     }
 
@@ -255,7 +269,12 @@ impl DeviceStore for SqlStore {
         if !removed.is_empty() {
             record_device_list_change(&mut tx, user_id.as_str(), &removed).await?;
         }
-        tx.commit().await.map_err(backend_err)
+        tx.commit().await.map_err(backend_err)?;
+        if let Some(cache) = &self.tokens {
+            let ids: Vec<&DeviceId> = device_ids.iter().map(|d| d.as_ref()).collect();
+            cache.forget(user_id, Some(&ids));
+        }
+        Ok(())
     }
 
     async fn delete_all_devices(&self, user_id: &UserId) -> StoreResult<()> {
@@ -279,7 +298,11 @@ impl DeviceStore for SqlStore {
             let removed: Vec<&str> = removed.iter().map(String::as_str).collect();
             record_device_list_change(&mut tx, user_id.as_str(), &removed).await?;
         }
-        tx.commit().await.map_err(backend_err)
+        tx.commit().await.map_err(backend_err)?;
+        if let Some(cache) = &self.tokens {
+            cache.forget(user_id, None);
+        }
+        Ok(())
     }
 }
 

@@ -55,48 +55,71 @@ impl KeyStore for SqlStore {
         json.map(raw_json).transpose()
     }
 
-    async fn existing_one_time_keys(
+    async fn one_time_keys_held(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         wanted: &[(String, String)],
-    ) -> StoreResult<Vec<UploadedKey>> {
-        if wanted.is_empty() {
-            return Ok(Vec::new());
-        }
-        // One indexed lookup per algorithm (uploads rarely mix algorithms): the unique index is
-        // (user, device, algorithm, key_id), so the algorithm must be fixed to reach the key IDs.
+    ) -> StoreResult<OneTimeKeysHeld> {
+        // One statement (each is a hop to the connection's thread): the named keys, one
+        // indexed lookup per algorithm (uploads rarely mix them; the unique index is (user,
+        // device, algorithm, key_id), so the algorithm must be fixed to reach the key IDs),
+        // then the counts, told apart by `n` (-1 on key rows).
         let mut algorithms: Vec<&str> = wanted.iter().map(|(a, _)| a.as_str()).collect();
         algorithms.sort_unstable();
         algorithms.dedup();
-        let mut found = Vec::new();
-        for algorithm in algorithms {
+        let mut p = Params::new(self.backend);
+        let mut parts = Vec::with_capacity(algorithms.len() + 1);
+        let mut ids_per_algorithm = Vec::with_capacity(algorithms.len());
+        for algorithm in &algorithms {
             let ids: Vec<&str> = wanted
                 .iter()
                 .filter(|(a, _)| a == algorithm)
                 .map(|(_, k)| k.as_str())
                 .collect();
-            let mut p = Params::new(self.backend);
-            let sql = format!(
-                "SELECT algorithm, key_id, key_json FROM one_time_keys WHERE user_id = {} AND device_id = {} \
-                 AND algorithm = {} AND key_id IN ({})",
+            parts.push(format!(
+                "SELECT algorithm, key_id, key_json, -1 AS n FROM one_time_keys WHERE user_id = {} \
+                 AND device_id = {} AND algorithm = {} AND key_id IN ({})",
                 p.one(),
                 p.one(),
                 p.one(),
                 p.many(ids.len())
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql))
+            ));
+            ids_per_algorithm.push(ids);
+        }
+        parts.push(format!(
+            "SELECT algorithm, '' AS key_id, '' AS key_json, n FROM one_time_key_counts \
+             WHERE user_id = {} AND device_id = {} AND n > 0",
+            p.one(),
+            p.one()
+        ));
+        let sql = parts.join(" UNION ALL ");
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for (algorithm, ids) in algorithms.iter().zip(&ids_per_algorithm) {
+            query = query
                 .bind(user_id.as_str())
                 .bind(device_id.as_str())
-                .bind(algorithm);
+                .bind(*algorithm);
             for id in ids {
-                query = query.bind(id);
-            }
-            for row in &query.fetch_all(&self.read).await.map_err(backend_err)? {
-                found.push(uploaded_key(row)?);
+                query = query.bind(*id);
             }
         }
-        Ok(found)
+        let rows = query
+            .bind(user_id.as_str())
+            .bind(device_id.as_str())
+            .fetch_all(&self.read)
+            .await
+            .map_err(backend_err)?;
+        let mut held = OneTimeKeysHeld::default();
+        for row in &rows {
+            let n: i64 = get(row, "n")?;
+            if n < 0 {
+                held.existing.push(uploaded_key(row)?);
+            } else {
+                held.counts.insert(get(row, "algorithm")?, from_ms(n));
+            }
+        }
+        Ok(held)
     }
 
     async fn fallback_keys(

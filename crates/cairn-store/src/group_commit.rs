@@ -15,7 +15,7 @@
 use cairn_core::store::{KeyClaim, KeyWrite, StoreError, StoreResult, UploadedKey};
 use std::path::{Path, PathBuf};
 
-use sqlx::{AnyPool, AssertSqlSafe, Connection, Executor};
+use sqlx::{AnyPool, AssertSqlSafe, Executor};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend_err;
@@ -188,13 +188,33 @@ type Output = Vec<Option<UploadedKey>>;
 /// Runs `jobs` in one transaction; all of them commit or none. The commit itself does not wait
 /// for the disk (`synchronous = NORMAL` for this transaction only); the sync stage does, before
 /// anyone is answered. The connection is back at `FULL` for every other writer, or closed.
+///
+/// The pragma travels with `BEGIN` and with `COMMIT` in one call each: every statement is a
+/// hop to the connection's thread, and these four were a third of a small batch's hops. The
+/// transaction is therefore not sqlx's; this task is never cancelled mid-batch (it ends only
+/// with the runtime), so the connection never goes back to the pool inside it.
 async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>> {
     let mut conn = write.acquire().await.map_err(backend_err)?;
-    conn.execute("PRAGMA synchronous = NORMAL")
-        .await
-        .map_err(backend_err)?;
-    let result = run_in(&mut conn, jobs).await;
-    if let Err(err) = conn.execute("PRAGMA synchronous = FULL").await {
+    conn.execute(sqlx::raw_sql(
+        "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+    ))
+    .await
+    .map_err(backend_err)?;
+    let result = match run_in(&mut conn, jobs).await {
+        Ok(results) => conn
+            .execute(sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL"))
+            .await
+            .map(|_| results)
+            .map_err(backend_err),
+        Err(err) => Err(err),
+    };
+    if result.is_err() {
+        // The transaction may still be open (a job failed, or COMMIT did); nothing of it stays.
+        let _ = conn.execute(sqlx::raw_sql("ROLLBACK")).await;
+    }
+    if result.is_err()
+        && let Err(err) = conn.execute("PRAGMA synchronous = FULL").await
+    {
         tracing::error!(%err, "could not restore synchronous = FULL; closing the connection");
         let _ = conn.close().await;
     }
@@ -202,27 +222,22 @@ async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>>
 }
 
 async fn run_in(conn: &mut sqlx::AnyConnection, jobs: &[Job]) -> StoreResult<Vec<Output>> {
-    let mut tx = conn
-        .begin_with("BEGIN IMMEDIATE")
-        .await
-        .map_err(backend_err)?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         results.push(match job {
             Job::Claim(claims, _) => {
                 let mut out = Vec::with_capacity(claims.len());
                 for claim in claims {
-                    out.push(crate::e2ee::claim_one(&mut tx, claim, "").await?);
+                    out.push(crate::e2ee::claim_one(&mut *conn, claim, "").await?);
                 }
                 out
             }
             Job::WriteKeys(write, _) => {
-                crate::e2ee::write_keys_in(&mut tx, write).await?;
+                crate::e2ee::write_keys_in(&mut *conn, write).await?;
                 Vec::new()
             }
         });
     }
-    tx.commit().await.map_err(backend_err)?;
     Ok(results)
 }
 

@@ -21,6 +21,7 @@ mod migrate;
 mod params;
 mod rooms;
 mod server_keys;
+mod token_cache;
 mod user_data;
 
 use std::path::PathBuf;
@@ -60,6 +61,8 @@ pub struct SqlStore {
     write: AnyPool,
     /// Group commit for key claims and uploads (SQLite only).
     writes: Option<group_commit::WriteBatcher>,
+    /// Access tokens resolved before (SQLite only: one process owns the database).
+    tokens: Option<std::sync::Arc<token_cache::TokenCache>>,
 }
 
 impl SqlStore {
@@ -119,6 +122,7 @@ impl SqlStore {
                     read,
                     write,
                     writes,
+                    tokens: Some(Default::default()),
                 }
             }
             Backend::Postgres => {
@@ -133,6 +137,7 @@ impl SqlStore {
                     read: pool.clone(),
                     write: pool,
                     writes: None,
+                    tokens: None,
                 }
             }
         };

@@ -160,9 +160,10 @@ impl Homeserver {
             .iter()
             .map(|k| (k.algorithm.clone(), k.key_id.clone()))
             .collect();
-        let existing = store
-            .existing_one_time_keys(&me.user_id, &me.device_id, &wanted)
+        let held = store
+            .one_time_keys_held(&me.user_id, &me.device_id, &wanted)
             .await?;
+        let existing = held.existing;
         let mut one_time_keys = Vec::new();
         for key in uploaded_otks {
             match existing
@@ -187,10 +188,7 @@ impl Homeserver {
             }
         }
         // Counted once: the answer is what was held plus what this upload adds.
-        let mut counts = self
-            .store()
-            .one_time_key_counts(&me.user_id, &me.device_id)
-            .await?;
+        let mut counts = held.counts;
         let held: u64 = counts.values().sum();
         if held + one_time_keys.len() as u64 > MAX_ONE_TIME_KEYS_PER_DEVICE {
             return Err(Error::new(

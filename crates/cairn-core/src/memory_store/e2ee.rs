@@ -31,21 +31,25 @@ impl KeyStore for MemoryStore {
             .map(|s| raw(s)))
     }
 
-    async fn existing_one_time_keys(
+    async fn one_time_keys_held(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         wanted: &[(String, String)],
-    ) -> StoreResult<Vec<UploadedKey>> {
-        let state = self.state();
-        Ok(state
+    ) -> StoreResult<OneTimeKeysHeld> {
+        let existing = self
+            .state()
             .one_time_keys
             .iter()
             .filter(|((u, d, alg, _), (id, _))| {
                 u == user_id && d == device_id && wanted.iter().any(|(a, k)| a == alg && k == id)
             })
             .map(|((_, _, alg, _), (id, json))| key(alg, id, json))
-            .collect())
+            .collect();
+        Ok(OneTimeKeysHeld {
+            existing,
+            counts: self.one_time_key_counts(user_id, device_id).await?,
+        })
     }
 
     async fn fallback_keys(

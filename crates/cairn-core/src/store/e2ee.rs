@@ -24,6 +24,15 @@ pub struct UploadedKey {
     pub key: Box<RawValue>,
 }
 
+/// What a device holds of the one-time keys an upload names, read in one go.
+#[derive(Debug, Clone, Default)]
+pub struct OneTimeKeysHeld {
+    /// Those of the named keys (by algorithm and key ID) that are stored.
+    pub existing: Vec<UploadedKey>,
+    /// Unclaimed one-time keys of the device, counted per algorithm (absent when zero).
+    pub counts: BTreeMap<String, u64>,
+}
+
 /// A stored fallback key.
 #[derive(Debug, Clone)]
 pub struct StoredFallbackKey {
@@ -114,13 +123,14 @@ pub trait KeyStore: Send + Sync {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> StoreResult<Option<Box<RawValue>>>;
-    /// Those of the given one-time keys (by algorithm and key ID) that are stored.
-    async fn existing_one_time_keys(
+    /// Those of the given one-time keys (by algorithm and key ID) that are stored, and the
+    /// device's counts: what an upload checks before it writes, in one read.
+    async fn one_time_keys_held(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
         wanted: &[(String, String)],
-    ) -> StoreResult<Vec<UploadedKey>>;
+    ) -> StoreResult<OneTimeKeysHeld>;
     /// The device's fallback keys, one per algorithm.
     async fn fallback_keys(
         &self,

@@ -92,12 +92,25 @@ pub(crate) async fn keys_are_written_and_read_back_exactly(h: &Harness) {
         ("signed_curve25519".to_owned(), "A".to_owned()),
         ("signed_curve25519".to_owned(), "Z".to_owned()),
     ];
-    let existing = s
-        .existing_one_time_keys(alice(), "D1".into(), &wanted)
+    let held = s
+        .one_time_keys_held(alice(), "D1".into(), &wanted)
         .await
         .unwrap();
-    assert_eq!(existing.len(), 1);
-    assert_eq!(existing[0].key.get(), r#"{"key":"a", "signatures":{}}"#);
+    assert_eq!(held.existing.len(), 1);
+    assert_eq!(
+        held.existing[0].key.get(),
+        r#"{"key":"a", "signatures":{}}"#
+    );
+    assert_eq!(
+        held.counts.into_iter().collect::<Vec<_>>(),
+        vec![("other".into(), 1), ("signed_curve25519".into(), 1)]
+    );
+    let nothing_named = s
+        .one_time_keys_held(alice(), "D1".into(), &[])
+        .await
+        .unwrap();
+    assert!(nothing_named.existing.is_empty());
+    assert_eq!(nothing_named.counts.len(), 2);
     let fallbacks = s.fallback_keys(alice(), "D1".into()).await.unwrap();
     assert_eq!(
         (
