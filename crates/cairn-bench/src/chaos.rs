@@ -147,8 +147,9 @@ struct Report {
     sender_offline: usize,
     no_key: usize,
     /// For each "no key": how long (simulated) the sender's and the recipient's servers had
-    /// not been up together, which bounds the age of the newest key the sender's server holds.
-    no_key_partitions_ms: Vec<u64>,
+    /// not been up together, and the age of the key the sender's server held for the device
+    /// (since first received; `None`: none held).
+    no_key_partitions_ms: Vec<(u64, Option<u64>)>,
     delivered_decrypted: usize,
     /// Messages that arrived and could not be decrypted (the rest of the shortfall never
     /// arrived).
@@ -217,20 +218,28 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             println!("  undecryptable on arrival: {n} x {kind}");
         }
         if eager && !report.no_key_partitions_ms.is_empty() {
-            let days: Vec<String> = report
+            let days = |ms: u64| format!("{:.1}", ms as f64 / DAY_MS as f64);
+            let cases: Vec<String> = report
                 .no_key_partitions_ms
                 .iter()
-                .map(|ms| format!("{:.1}", *ms as f64 / DAY_MS as f64))
+                .map(|(apart, age)| {
+                    format!(
+                        "apart {} d, key held {}",
+                        days(*apart),
+                        age.map_or("none".to_owned(), |a| format!("{} d old", days(a)))
+                    )
+                })
                 .collect();
             let limit_ms = cairn::config::Msc4081::default().max_cached_key_age_ms;
             let within = report
                 .no_key_partitions_ms
                 .iter()
-                .filter(|ms| **ms <= limit_ms)
+                .filter(|(apart, _)| *apart <= limit_ms)
                 .count();
             println!(
-                "  no key with MSC4081 on: partitions of {} days; {within} within the {}-day age limit",
-                days.join(", "),
+                "  no key with MSC4081 on: {}; {within} of {} apart no longer than the {}-day age limit",
+                cases.join("; "),
+                cases.len(),
                 limit_ms / DAY_MS
             );
         }
@@ -405,11 +414,17 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
                     }
                     Err(ClientError::NoKey(_)) => {
                         report.no_key += 1;
-                        report.no_key_partitions_ms.push(together.apart_ms(
-                            people[from].server,
-                            people[to].server,
-                            clock_now(&clock),
-                        ));
+                        let now = clock_now(&clock);
+                        let apart = together.apart_ms(people[from].server, people[to].server, now);
+                        let hs = &servers[people[from].server]
+                            .running
+                            .as_ref()
+                            .context("up")?
+                            .homeserver;
+                        let held = held_key_received_ms(hs, &user, &device).await?;
+                        report
+                            .no_key_partitions_ms
+                            .push((apart, held.map(|at| now.saturating_sub(at))));
                     }
                     Err(err) => return Err(err).context("a send failed"),
                 }
@@ -489,6 +504,29 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
 
 fn clock_now(clock: &SimClock) -> u64 {
     clock.now()
+}
+
+/// When `hs` first received the fallback key it holds for `user`'s `device`, if any.
+async fn held_key_received_ms(
+    hs: &cairn_core::Homeserver,
+    user: &str,
+    device: &str,
+) -> anyhow::Result<Option<u64>> {
+    let user = ruma::OwnedUserId::try_from(user)?;
+    let Some(list) = hs.store().remote_device_list(&user).await? else {
+        return Ok(None);
+    };
+    Ok(list.devices.iter().find_map(|d| {
+        let d: serde_json::Value = serde_json::from_str(d.get()).ok()?;
+        if d["device_id"] != device {
+            return None;
+        }
+        d[cairn_core::e2ee::msc4081::RECEIVED_FIELD]
+            .as_object()?
+            .values()
+            .filter_map(serde_json::Value::as_u64)
+            .max()
+    }))
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;

@@ -395,6 +395,46 @@ impl DeviceListStore for SqlStore {
             .collect()
     }
 
+    async fn mark_remote_device_lists_for_recheck(
+        &self,
+        user_ids: &[OwnedUserId],
+    ) -> StoreResult<()> {
+        let mut tx = self.begin().await?;
+        for user_id in user_ids {
+            sqlx::query("UPDATE remote_device_lists SET recheck = 1 WHERE user_id = $1")
+                .bind(user_id.as_str())
+                .execute(&mut *tx)
+                .await
+                .map_err(backend_err)?;
+        }
+        tx.commit().await.map_err(backend_err)
+    }
+
+    async fn remote_device_lists_to_recheck(&self) -> StoreResult<Vec<OwnedUserId>> {
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT user_id FROM remote_device_lists WHERE recheck = 1 ORDER BY user_id",
+        )
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        users
+            .into_iter()
+            .map(|u| {
+                UserId::parse(u)
+                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
+            })
+            .collect()
+    }
+
+    async fn remote_device_list_rechecked(&self, user_id: &UserId) -> StoreResult<()> {
+        sqlx::query("UPDATE remote_device_lists SET recheck = 0 WHERE user_id = $1")
+            .bind(user_id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         for table in ["remote_devices", "remote_device_lists"] {

@@ -65,6 +65,11 @@ const MIGRATIONS: &[(i64, &str, &str)] = &[
         include_str!("../migrations/common/0011_state_groups.sql"),
         include_str!("../migrations/common/0011_state_groups.sql"),
     ),
+    (
+        12,
+        include_str!("../migrations/common/0012_device_list_recheck.sql"),
+        include_str!("../migrations/common/0012_device_list_recheck.sql"),
+    ),
 ];
 
 /// Arbitrary constant naming Cairn's migration lock on PostgreSQL.

@@ -102,6 +102,7 @@ impl Homeserver {
                 let found = self.cached_claims(users, now).await;
                 if found.complete {
                     found.record("backoff");
+                    self.recheck_when_back(&found.keys).await;
                     response.fold_cached(
                         server,
                         "backoff",
@@ -135,6 +136,7 @@ impl Homeserver {
                             }
                             if !found.keys.is_empty() {
                                 found.record(reason);
+                                self.recheck_when_back(&found.keys).await;
                                 response.fold_cached(&server, reason, retry_after, found.keys);
                             }
                         }

@@ -254,6 +254,19 @@ impl Homeserver {
         &self,
         user_id: &UserId,
     ) -> Result<std::result::Result<RemoteDeviceList, RemoteError>> {
+        let list = self.fetch_device_list(user_id).await?;
+        if list.is_err() {
+            self.store().mark_remote_device_list_stale(user_id).await?;
+        }
+        Ok(list)
+    }
+
+    /// Fetches a remote user's whole device list and replaces the cached one; a failed fetch
+    /// changes nothing. The outer error is this server's own.
+    async fn fetch_device_list(
+        &self,
+        user_id: &UserId,
+    ) -> Result<std::result::Result<RemoteDeviceList, RemoteError>> {
         let answer = self
             .federation()
             .user_devices(user_id.server_name(), user_id)
@@ -279,27 +292,70 @@ impl Homeserver {
                     self.notify_device_list_change(user_id).await?;
                 }
             }
-            Err(_) => self.store().mark_remote_device_list_stale(user_id).await?,
+            Err(_) => {}
         }
         Ok(list)
     }
 
-    /// Fetches every stale list again, except those of servers in backoff; drops lists no local
-    /// user needs any more. Run every [`RESYNC_INTERVAL`].
+    /// MSC4081 decision 19: the users whose cached fallback keys were just served are fetched
+    /// again once their server answers ([`Self::retry_stale_device_lists`]). Only a hint: a
+    /// failure to record it does not fail the claim.
+    pub(crate) async fn recheck_when_back(&self, served: &[super::keys::ClaimedKey]) {
+        let mut users: Vec<OwnedUserId> = served.iter().map(|k| k.0.clone()).collect();
+        users.dedup();
+        if let Err(err) = self
+            .store()
+            .mark_remote_device_lists_for_recheck(&users)
+            .await
+        {
+            tracing::warn!(%err, "cannot mark device lists for a recheck");
+        }
+    }
+
+    /// Fetches the list of a user whose cached keys answered claims while their server could
+    /// not, and tells local users sharing a room that it changed, even if the fetch found
+    /// nothing new: their clients query again and can replace a session set up on an old key.
+    async fn recheck_device_list(&self, user_id: &UserId) -> Result<()> {
+        match self.fetch_device_list(user_id).await? {
+            Ok(_) => {
+                self.store().remote_device_list_rechecked(user_id).await?;
+                self.store().mark_device_list_changed(user_id).await?;
+                self.notify_device_list_change(user_id).await
+            }
+            Err(err) => {
+                tracing::info!(%user_id, %err, "device list recheck failed; will retry");
+                Ok(())
+            }
+        }
+    }
+
+    /// Fetches every stale list again, and every list marked for a recheck, except those of
+    /// servers in backoff; drops lists no local user needs any more. Run every
+    /// [`RESYNC_INTERVAL`].
     pub async fn retry_stale_device_lists(&self) -> Result<()> {
         let held = self.store().devices_with_cached_fallback_keys().await?;
         metrics::gauge!("cairn_msc4081_cached_devices").set(held as f64);
         let now = self.now_ms();
-        for user_id in self.store().stale_remote_device_lists().await? {
-            if !self.tracked_locally(&user_id).await? {
-                self.store().forget_remote_device_list(&user_id).await?;
+        let stale = self.store().stale_remote_device_lists().await?;
+        let recheck = self.store().remote_device_lists_to_recheck().await?;
+        let due = stale
+            .iter()
+            .map(|u| (u, true))
+            .chain(recheck.iter().map(|u| (u, false)));
+        for (user_id, stale) in due {
+            if !self.tracked_locally(user_id).await? {
+                self.store().forget_remote_device_list(user_id).await?;
                 continue;
             }
             let backoff = self.store().backoff(user_id.server_name()).await?;
             if backoff.retry_after_ms > now {
                 continue;
             }
-            log_failed_fetch(&user_id, self.resync_device_list(&user_id).await);
+            if stale {
+                log_failed_fetch(user_id, self.resync_device_list(user_id).await);
+            } else {
+                self.recheck_device_list(user_id).await?;
+            }
         }
         Ok(())
     }

@@ -22,6 +22,7 @@ pub(super) struct DeviceListState {
 struct RemoteEntry {
     stream_id: u64,
     stale: bool,
+    recheck: bool,
     devices: BTreeMap<String, String>,
     master_key: Option<String>,
     self_signing_key: Option<String>,
@@ -234,11 +235,17 @@ impl DeviceListStore for MemoryStore {
                 Some((id, d.get().to_owned()))
             })
             .collect();
+        let recheck = state
+            .device_lists
+            .remote
+            .get(&list.user_id)
+            .is_some_and(|e| e.recheck);
         state.device_lists.remote.insert(
             list.user_id.clone(),
             RemoteEntry {
                 stream_id: list.stream_id,
                 stale: false,
+                recheck,
                 devices,
                 master_key: list.master_key.as_ref().map(|k| k.get().to_owned()),
                 self_signing_key: list.self_signing_key.as_ref().map(|k| k.get().to_owned()),
@@ -293,6 +300,37 @@ impl DeviceListStore for MemoryStore {
             .filter(|(_, e)| e.stale)
             .map(|(u, _)| u.clone())
             .collect())
+    }
+
+    async fn mark_remote_device_lists_for_recheck(
+        &self,
+        user_ids: &[OwnedUserId],
+    ) -> StoreResult<()> {
+        let mut state = self.state();
+        for user_id in user_ids {
+            if let Some(entry) = state.device_lists.remote.get_mut(user_id) {
+                entry.recheck = true;
+            }
+        }
+        Ok(())
+    }
+
+    async fn remote_device_lists_to_recheck(&self) -> StoreResult<Vec<OwnedUserId>> {
+        let state = self.state();
+        Ok(state
+            .device_lists
+            .remote
+            .iter()
+            .filter(|(_, e)| e.recheck)
+            .map(|(u, _)| u.clone())
+            .collect())
+    }
+
+    async fn remote_device_list_rechecked(&self, user_id: &UserId) -> StoreResult<()> {
+        if let Some(entry) = self.state().device_lists.remote.get_mut(user_id) {
+            entry.recheck = false;
+        }
+        Ok(())
     }
 
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()> {

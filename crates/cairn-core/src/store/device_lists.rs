@@ -126,6 +126,20 @@ pub trait DeviceListStore: Send + Sync {
     /// Remote users whose lists are stale.
     async fn stale_remote_device_lists(&self) -> StoreResult<Vec<OwnedUserId>>;
 
+    /// Marks the cached lists of `user_ids` to be fetched again once their server answers
+    /// (their fallback keys answered a claim while it could not; MSC4081 decision 19). Users
+    /// without a cached list are skipped.
+    async fn mark_remote_device_lists_for_recheck(
+        &self,
+        user_ids: &[OwnedUserId],
+    ) -> StoreResult<()>;
+
+    /// Remote users whose lists are marked for a recheck.
+    async fn remote_device_lists_to_recheck(&self) -> StoreResult<Vec<OwnedUserId>>;
+
+    /// Clears a user's recheck mark (their list was fetched again).
+    async fn remote_device_list_rechecked(&self, user_id: &UserId) -> StoreResult<()>;
+
     /// Drops a remote user's cached list (no local user shares a room with them any more).
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()>;
 }

@@ -238,3 +238,103 @@ async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
     }
     fed.stop().await;
 }
+
+/// Decision 19, for a user whose server has nothing new to say: alice's claim for bob's device
+/// is answered from a.test's cache while b.test refuses; once b.test answers again, a.test
+/// fetches bob's list once more and alice sees bob in `device_lists.changed`, though nothing
+/// about bob changed, so her client queries again.
+#[tokio::test]
+async fn users_served_from_the_cache_are_fetched_again_when_their_server_answers() {
+    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let key = DeviceKey::new(&bob.device_id);
+    upload(&b, &bob, &key, 1, Some(true)).await;
+    let room_id = create_room(&b, &bob, json!({ "preset": "public_chat" })).await;
+    join_via(&a, &alice, &room_id, "b.test").await;
+    let a_server = fed.servers[0].as_ref().unwrap();
+    cached_list(a_server, &bob.user_id, |l| {
+        l.devices
+            .iter()
+            .any(|d| d.get().contains("signed_curve25519:FB1"))
+    })
+    .await;
+    // `wait_ms`: how long the sync may wait for something to tell.
+    let sync = |since: String, wait_ms: u32| {
+        let (a, token) = (&a, alice.token.clone());
+        async move {
+            a.get(
+                &format!("/_matrix/client/v3/sync?timeout={wait_ms}&since={since}"),
+                Some(&token),
+            )
+            .await
+            .ok()
+        }
+    };
+    let first = a
+        .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
+        .await
+        .ok();
+    let mut since = first["next_batch"].as_str().unwrap().to_owned();
+
+    fed.proxies[1].set(Fault::Refuse).await;
+    let answer = claim(&a, &alice, &bob).await;
+    assert_eq!(
+        answer["org.matrix.msc4081.cached"]["b.test"]["reason"], "connect",
+        "{answer}"
+    );
+    let devices_path = "GET /_matrix/federation/v1/user/devices/";
+    let fetched = fed.proxies[1].seen(devices_path);
+    // While b.test is in backoff the recheck waits.
+    a_server
+        .homeserver
+        .retry_stale_device_lists()
+        .await
+        .unwrap();
+    assert_eq!(fed.proxies[1].seen(devices_path), fetched);
+    let quiet = sync(since.clone(), 0).await;
+    assert!(
+        !quiet["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &json!(bob.user_id))),
+        "nothing to tell yet: {quiet}"
+    );
+    since = quiet["next_batch"].as_str().unwrap().to_owned();
+
+    fed.proxies[1].set(Fault::Pass).await;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "bob never showed as changed"
+        );
+        // The 30 s pass, run now; it skips b.test until its (short, in tests) backoff ends.
+        a_server
+            .homeserver
+            .retry_stale_device_lists()
+            .await
+            .unwrap();
+        let next = sync(since.clone(), 200).await;
+        if next["device_lists"]["changed"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|u| u == &json!(bob.user_id)))
+        {
+            break;
+        }
+        since = next["next_batch"].as_str().unwrap().to_owned();
+    }
+    assert_eq!(
+        fed.proxies[1].seen(devices_path),
+        fetched + 1,
+        "bob's list was fetched once more"
+    );
+    // Rechecked once: later passes leave it alone.
+    a_server
+        .homeserver
+        .retry_stale_device_lists()
+        .await
+        .unwrap();
+    assert_eq!(fed.proxies[1].seen(devices_path), fetched + 1);
+    fed.stop().await;
+}
