@@ -435,6 +435,42 @@ impl DeviceListStore for SqlStore {
         Ok(())
     }
 
+    async fn remote_device_list_fetched(&self, user_id: &UserId, at_ms: u64) -> StoreResult<()> {
+        sqlx::query("UPDATE remote_device_lists SET fetched_ms = $1 WHERE user_id = $2")
+            .bind(ms(at_ms))
+            .bind(user_id.as_str())
+            .execute(&self.write)
+            .await
+            .map_err(backend_err)?;
+        Ok(())
+    }
+
+    async fn remote_device_lists_to_refresh(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OwnedUserId>> {
+        // Receivers keep fallback keys under the unstable name only (see cairn-core's msc4081).
+        let users: Vec<String> = sqlx::query_scalar(
+            "SELECT l.user_id FROM remote_device_lists l WHERE l.fetched_ms < $1 AND EXISTS \
+             (SELECT 1 FROM remote_devices d WHERE d.user_id = l.user_id \
+              AND d.content LIKE '%\"org.matrix.msc4081.fallback_keys\"%') \
+             ORDER BY l.fetched_ms, l.user_id LIMIT $2",
+        )
+        .bind(ms(before_ms))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.read)
+        .await
+        .map_err(backend_err)?;
+        users
+            .into_iter()
+            .map(|u| {
+                UserId::parse(u)
+                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
+            })
+            .collect()
+    }
+
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()> {
         let mut tx = self.begin().await?;
         for table in ["remote_devices", "remote_device_lists"] {

@@ -135,16 +135,31 @@ pub async fn run() -> anyhow::Result<()> {
         .as_ref()
         .context("a.demo runs")?
         .homeserver;
+    let b_hs = &servers[1]
+        .running
+        .as_ref()
+        .context("b.demo runs")?
+        .homeserver;
     let bob_id = ruma::OwnedUserId::try_from("@bob:b.demo")?;
+    let a_name = ruma::OwnedServerName::try_from("a.demo")?;
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
+        // Every announcement delivered, and the whole list held: a first update (no prev_id)
+        // makes a.demo fetch the list again, and the link must not be cut before that ends.
+        let delivered = b_hs
+            .store()
+            .pending_device_updates(&a_name, 1)
+            .await?
+            .is_empty();
         let list = a_hs.store().remote_device_list(&bob_id).await?;
-        let cached = list.iter().flat_map(|l| &l.devices).any(|d| {
-            let d: Value = serde_json::from_str(d.get()).unwrap_or_default();
-            d["org.matrix.msc4081.fallback_keys"]
-                .as_object()
-                .is_some_and(|keys| keys.values().any(|k| k["key"] == fallback.as_str()))
-        });
+        let whole = delivered && list.as_ref().is_some_and(|l| !l.stale);
+        let cached = whole
+            && list.iter().flat_map(|l| &l.devices).any(|d| {
+                let d: Value = serde_json::from_str(d.get()).unwrap_or_default();
+                d["org.matrix.msc4081.fallback_keys"]
+                    .as_object()
+                    .is_some_and(|keys| keys.values().any(|k| k["key"] == fallback.as_str()))
+            });
         if cached {
             break;
         }

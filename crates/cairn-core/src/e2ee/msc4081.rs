@@ -24,8 +24,10 @@ use crate::store::{Backoff, KeyWrite};
 pub const UNSTABLE_FIELD: &str = "org.matrix.msc4081.fallback_keys";
 /// The field name once the MSC is merged.
 pub const STABLE_FIELD: &str = "fallback_keys";
-/// Where a cached device object keeps when each of its fallback keys was first received
-/// (Cairn's own field; never sent anywhere).
+/// Where a cached device object keeps when each of its fallback keys was last received from
+/// the owner's server, in an update or a fetched list (Cairn's own field; never sent
+/// anywhere). A key the owner's server still sends is still the device's current one, so the
+/// age limit counts from then (see docs/msc4081.md, decision 16).
 pub const RECEIVED_FIELD: &str = "cairn.fallback_keys_received_ms";
 /// The largest fallback key object accepted, serialised.
 const MAX_KEY_BYTES: usize = 2048;
@@ -118,8 +120,8 @@ pub fn checked_fallback_keys(
 }
 
 /// Replaces the fallback keys a remote device object carries (under either name) with those
-/// that pass the checks, stamped with when each was first received (kept from `previous`, the
-/// cached object, for a key already held). `device_keys` fall back to the previous object's.
+/// that pass the checks, stamped with `now_ms`: the owner's server says they are current.
+/// `device_keys` fall back to those of `previous`, the cached object.
 pub fn cache_fallback_keys(
     device: &mut Map<String, Value>,
     user_id: &UserId,
@@ -143,14 +145,8 @@ pub fn cache_fallback_keys(
         return refused;
     }
     let received: Map<String, Value> = kept
-        .iter()
-        .map(|(key_id, key)| {
-            let same = previous.and_then(|p| {
-                (p[UNSTABLE_FIELD].get(key_id) == Some(key))
-                    .then(|| p[RECEIVED_FIELD][key_id].as_u64())?
-            });
-            (key_id.clone(), same.unwrap_or(now_ms).into())
-        })
+        .keys()
+        .map(|key_id| (key_id.clone(), now_ms.into()))
         .collect();
     device.insert(UNSTABLE_FIELD.into(), Value::Object(kept));
     device.insert(RECEIVED_FIELD.into(), Value::Object(received));

@@ -23,6 +23,11 @@ use crate::store::RemoteDeviceList;
 
 /// How often stale lists are fetched again.
 pub const RESYNC_INTERVAL: Duration = Duration::from_secs(30);
+/// Lists holding shared fallback keys are fetched whole again when older than this, so that a
+/// key its device still holds (an offline device does not rotate) stays within the age limit.
+const REFRESH_AFTER_MS: u64 = 24 * 60 * 60 * 1000;
+/// Most lists refreshed in one pass (the rest wait for the next).
+const REFRESH_PER_PASS: usize = 100;
 /// A fetched list with more devices than this is refused (Synapse's guard against abuse).
 const MAX_REMOTE_DEVICES: usize = 1000;
 
@@ -255,7 +260,11 @@ impl Homeserver {
         user_id: &UserId,
     ) -> Result<std::result::Result<RemoteDeviceList, RemoteError>> {
         let list = self.fetch_device_list(user_id).await?;
-        if list.is_err() {
+        // A list is fetched only when absent or stale; if it is whole now, a fetch that ran
+        // alongside this one (a join's and a gap's, say) made it so, and it stays usable.
+        if list.is_err()
+            && !matches!(self.store().remote_device_list(user_id).await?, Some(l) if !l.stale)
+        {
             self.store().mark_remote_device_list_stale(user_id).await?;
         }
         Ok(list)
@@ -291,6 +300,9 @@ impl Homeserver {
                 {
                     self.notify_device_list_change(user_id).await?;
                 }
+                self.store()
+                    .remote_device_list_fetched(user_id, now)
+                    .await?;
             }
             Err(_) => {}
         }
@@ -329,32 +341,36 @@ impl Homeserver {
         }
     }
 
-    /// Fetches every stale list again, and every list marked for a recheck, except those of
-    /// servers in backoff; drops lists no local user needs any more. Run every
-    /// [`RESYNC_INTERVAL`].
+    /// Fetches again, except from servers in backoff: every stale list, every list marked for
+    /// a recheck, and lists holding shared fallback keys that were not fetched whole for a day.
+    /// Drops lists no local user needs any more. Run every [`RESYNC_INTERVAL`].
     pub async fn retry_stale_device_lists(&self) -> Result<()> {
         let held = self.store().devices_with_cached_fallback_keys().await?;
         metrics::gauge!("cairn_msc4081_cached_devices").set(held as f64);
         let now = self.now_ms();
-        let stale = self.store().stale_remote_device_lists().await?;
-        let recheck = self.store().remote_device_lists_to_recheck().await?;
-        let due = stale
-            .iter()
-            .map(|u| (u, true))
-            .chain(recheck.iter().map(|u| (u, false)));
-        for (user_id, stale) in due {
+        let store = self.store();
+        let stale = store.stale_remote_device_lists().await?;
+        let recheck = store.remote_device_lists_to_recheck().await?;
+        let refresh = store
+            .remote_device_lists_to_refresh(now.saturating_sub(REFRESH_AFTER_MS), REFRESH_PER_PASS)
+            .await?;
+        let due = (stale.iter().map(|u| (u, Due::Stale)))
+            .chain(recheck.iter().map(|u| (u, Due::Recheck)))
+            .chain(refresh.iter().map(|u| (u, Due::Refresh)));
+        for (user_id, why) in due {
             if !self.tracked_locally(user_id).await? {
-                self.store().forget_remote_device_list(user_id).await?;
+                store.forget_remote_device_list(user_id).await?;
                 continue;
             }
-            let backoff = self.store().backoff(user_id.server_name()).await?;
+            let backoff = store.backoff(user_id.server_name()).await?;
             if backoff.retry_after_ms > now {
                 continue;
             }
-            if stale {
-                log_failed_fetch(user_id, self.resync_device_list(user_id).await);
-            } else {
-                self.recheck_device_list(user_id).await?;
+            match why {
+                Due::Stale => log_failed_fetch(user_id, self.resync_device_list(user_id).await),
+                Due::Recheck => self.recheck_device_list(user_id).await?,
+                // A failed refresh leaves the list as it was, usable; the next pass tries again.
+                Due::Refresh => log_failed_fetch(user_id, self.fetch_device_list(user_id).await),
             }
         }
         Ok(())
@@ -375,6 +391,17 @@ impl Homeserver {
         }
         Ok((!list.stale).then_some(list))
     }
+}
+
+/// Why a list is fetched again in the periodic pass.
+#[derive(Clone, Copy)]
+enum Due {
+    /// A gap or a failed fetch: the list cannot answer queries until fetched.
+    Stale,
+    /// Its cached fallback keys answered claims while its server could not (decision 19).
+    Recheck,
+    /// Holds shared fallback keys not confirmed by a whole fetch for a day.
+    Refresh,
 }
 
 fn log_failed_fetch(

@@ -23,6 +23,7 @@ struct RemoteEntry {
     stream_id: u64,
     stale: bool,
     recheck: bool,
+    fetched_ms: u64,
     devices: BTreeMap<String, String>,
     master_key: Option<String>,
     self_signing_key: Option<String>,
@@ -235,17 +236,18 @@ impl DeviceListStore for MemoryStore {
                 Some((id, d.get().to_owned()))
             })
             .collect();
-        let recheck = state
+        let (recheck, fetched_ms) = state
             .device_lists
             .remote
             .get(&list.user_id)
-            .is_some_and(|e| e.recheck);
+            .map_or((false, 0), |e| (e.recheck, e.fetched_ms));
         state.device_lists.remote.insert(
             list.user_id.clone(),
             RemoteEntry {
                 stream_id: list.stream_id,
                 stale: false,
                 recheck,
+                fetched_ms,
                 devices,
                 master_key: list.master_key.as_ref().map(|k| k.get().to_owned()),
                 self_signing_key: list.self_signing_key.as_ref().map(|k| k.get().to_owned()),
@@ -331,6 +333,35 @@ impl DeviceListStore for MemoryStore {
             entry.recheck = false;
         }
         Ok(())
+    }
+
+    async fn remote_device_list_fetched(&self, user_id: &UserId, at_ms: u64) -> StoreResult<()> {
+        if let Some(entry) = self.state().device_lists.remote.get_mut(user_id) {
+            entry.fetched_ms = at_ms;
+        }
+        Ok(())
+    }
+
+    async fn remote_device_lists_to_refresh(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OwnedUserId>> {
+        let state = self.state();
+        let mut due: Vec<(u64, OwnedUserId)> = state
+            .device_lists
+            .remote
+            .iter()
+            .filter(|(_, e)| {
+                e.fetched_ms < before_ms
+                    && e.devices
+                        .values()
+                        .any(|d| d.contains(crate::e2ee::msc4081::UNSTABLE_FIELD))
+            })
+            .map(|(u, e)| (e.fetched_ms, u.clone()))
+            .collect();
+        due.sort();
+        Ok(due.into_iter().take(limit).map(|(_, u)| u).collect())
     }
 
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()> {

@@ -140,6 +140,17 @@ pub trait DeviceListStore: Send + Sync {
     /// Clears a user's recheck mark (their list was fetched again).
     async fn remote_device_list_rechecked(&self, user_id: &UserId) -> StoreResult<()>;
 
+    /// Records that a user's whole list was fetched at `at_ms`.
+    async fn remote_device_list_fetched(&self, user_id: &UserId, at_ms: u64) -> StoreResult<()>;
+
+    /// Up to `limit` remote users whose lists hold shared fallback keys and were last fetched
+    /// whole before `before_ms` (never, for lists built from updates alone), oldest first.
+    async fn remote_device_lists_to_refresh(
+        &self,
+        before_ms: u64,
+        limit: usize,
+    ) -> StoreResult<Vec<OwnedUserId>>;
+
     /// Drops a remote user's cached list (no local user shares a room with them any more).
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()>;
 }

@@ -188,12 +188,29 @@ pub(crate) async fn remote_device_lists_only_move_forward(h: &Harness) {
         (3, 1, false)
     );
     assert_eq!(store.devices_with_cached_fallback_keys().await.unwrap(), 0);
+    assert!(
+        store
+            .remote_device_lists_to_refresh(1_000_000, 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "no shared fallback keys, nothing to keep confirmed"
+    );
     let sharing = raw(r#"{"device_id":"F","org.matrix.msc4081.fallback_keys":{"a:b":{}}}"#);
     store
         .apply_remote_device_update(bob, "F", Some(&sharing), 10, false)
         .await
         .unwrap();
     assert_eq!(store.devices_with_cached_fallback_keys().await.unwrap(), 1);
+
+    // A list holding shared keys comes up for a refresh when not fetched whole since the cutoff.
+    let to_refresh =
+        |before: u64, limit: usize| store.remote_device_lists_to_refresh(before, limit);
+    assert_eq!(to_refresh(1_000, 10).await.unwrap(), [bob.to_owned()]);
+    store.remote_device_list_fetched(bob, 2_000).await.unwrap();
+    assert!(to_refresh(1_000, 10).await.unwrap().is_empty());
+    assert_eq!(to_refresh(3_000, 10).await.unwrap(), [bob.to_owned()]);
+    assert!(to_refresh(3_000, 0).await.unwrap().is_empty());
 
     // A recheck mark (MSC4081 decision 19) is kept for cached users only, survives a fetched
     // list replacing the cached one, and is cleared when the recheck is done.

@@ -77,7 +77,7 @@ fn only_well_formed_keys_signed_by_the_device_are_cached() {
 }
 
 #[test]
-fn a_cached_key_keeps_the_time_it_was_first_received() {
+fn a_cached_key_is_stamped_each_time_its_server_sends_it() {
     let user = user_id!("@alice:a.test");
     let (pair, public) = device_key("D1");
     let one = signed(&pair, user, json!({ "key": "k1", "fallback": true }));
@@ -89,7 +89,8 @@ fn a_cached_key_keeps_the_time_it_was_first_received() {
     assert!(object.get(STABLE_FIELD).is_none(), "kept under one name");
     assert_eq!(first[RECEIVED_FIELD]["signed_curve25519:K1"], 1_000);
 
-    // The same key again (every update carries it): still received at 1000.
+    // The same key again (every update carries it): the owner's server says it is still
+    // current, so its age starts again.
     let mut again = json!({ "device_id": "D1", UNSTABLE_FIELD: { "signed_curve25519:K1": one } });
     cache_fallback_keys(
         again.as_object_mut().unwrap(),
@@ -98,7 +99,7 @@ fn a_cached_key_keeps_the_time_it_was_first_received() {
         Some(&first),
         5_000,
     );
-    assert_eq!(again[RECEIVED_FIELD]["signed_curve25519:K1"], 1_000);
+    assert_eq!(again[RECEIVED_FIELD]["signed_curve25519:K1"], 5_000);
     assert!(
         again[UNSTABLE_FIELD]["signed_curve25519:K1"].is_object(),
         "checked with the cached device keys"

@@ -131,8 +131,8 @@ impl Federation {
 
     /// Starts server `i` again on its ports and data.
     async fn restart_server(&mut self, i: usize) {
-        let client = TcpListener::bind(self.addrs[i].0).unwrap();
-        let federation = TcpListener::bind(self.addrs[i].1).unwrap();
+        let client = rebind(self.addrs[i].0).await;
+        let federation = rebind(self.addrs[i].1).await;
         let server = start_on(&self.configs[i], client, federation)
             .await
             .unwrap();
@@ -147,6 +147,23 @@ impl Federation {
 }
 
 /// Waits until `server` has nothing queued for `destination` (at most 10 s).
+/// Binds `addr` again. While the server was down, another test's connection may have been
+/// given the port as its local end; such a port is free again within moments.
+async fn rebind(addr: std::net::SocketAddr) -> TcpListener {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr) {
+            Ok(listener) => return listener,
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Err(err) => panic!("cannot bind {addr} again: {err}"),
+        }
+    }
+}
+
 async fn queue_drained(server: &RunningServer, destination: &str) {
     let destination: ruma::OwnedServerName = destination.try_into().unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
