@@ -23,6 +23,10 @@ use cairn::serve::{RunningServer, start_on_with_clock};
 use cairn_client::client::{Client, ClientError, KeySource};
 use serde_json::json;
 
+use sim::{Rng, SimClock, Together};
+
+mod sim;
+
 /// What to run.
 pub struct Options {
     /// Seeds the schedule.
@@ -46,62 +50,6 @@ impl Default for Options {
             devices: 2,
             steps: 400,
         }
-    }
-}
-
-/// Real time plus whatever the schedule adds: what servers and clients read as now.
-struct SimClock {
-    started: Instant,
-    start_ms: u64,
-    added_ms: std::sync::atomic::AtomicU64,
-}
-
-impl SimClock {
-    fn new(start_ms: u64) -> Self {
-        Self {
-            started: Instant::now(),
-            start_ms,
-            added_ms: Default::default(),
-        }
-    }
-
-    fn advance_ms(&self, ms: u64) {
-        self.added_ms
-            .fetch_add(ms, std::sync::atomic::Ordering::SeqCst);
-    }
-
-    fn now(&self) -> u64 {
-        self.start_ms
-            + self.started.elapsed().as_millis() as u64
-            + self.added_ms.load(std::sync::atomic::Ordering::SeqCst)
-    }
-}
-
-impl cairn_core::Clock for SimClock {
-    fn now_ms(&self) -> u64 {
-        self.now()
-    }
-}
-
-impl cairn_client::Clock for SimClock {
-    fn now_ms(&self) -> u64 {
-        self.now()
-    }
-}
-
-/// A small deterministic generator (xorshift64*), so that a seed replays a run.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
     }
 }
 
@@ -537,30 +485,6 @@ async fn held_key_received_ms(
 }
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
-
-/// When each pair of servers was last up at the same time (simulated ms): a server holds
-/// keys from another only as new as that moment.
-struct Together(Vec<Vec<u64>>);
-
-impl Together {
-    fn new(servers: usize, now_ms: u64) -> Self {
-        Self(vec![vec![now_ms; servers]; servers])
-    }
-
-    fn update(&mut self, servers: &[Server], now_ms: u64) {
-        for (i, a) in servers.iter().enumerate() {
-            for (j, b) in servers.iter().enumerate() {
-                if a.running.is_some() && b.running.is_some() {
-                    self.0[i][j] = now_ms;
-                }
-            }
-        }
-    }
-
-    fn apart_ms(&self, a: usize, b: usize, now_ms: u64) -> u64 {
-        now_ms.saturating_sub(self.0[a][b])
-    }
-}
 
 fn receive(p: &mut Participant, received: &[cairn_client::client::Received]) {
     for message in received {

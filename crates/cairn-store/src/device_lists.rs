@@ -386,13 +386,7 @@ impl DeviceListStore for SqlStore {
         .fetch_all(&self.read)
         .await
         .map_err(backend_err)?;
-        users
-            .into_iter()
-            .map(|u| {
-                UserId::parse(u)
-                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
-            })
-            .collect()
+        user_ids(users)
     }
 
     async fn mark_remote_device_lists_for_recheck(
@@ -417,13 +411,7 @@ impl DeviceListStore for SqlStore {
         .fetch_all(&self.read)
         .await
         .map_err(backend_err)?;
-        users
-            .into_iter()
-            .map(|u| {
-                UserId::parse(u)
-                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
-            })
-            .collect()
+        user_ids(users)
     }
 
     async fn remote_device_list_rechecked(&self, user_id: &UserId) -> StoreResult<()> {
@@ -462,13 +450,7 @@ impl DeviceListStore for SqlStore {
         .fetch_all(&self.read)
         .await
         .map_err(backend_err)?;
-        users
-            .into_iter()
-            .map(|u| {
-                UserId::parse(u)
-                    .map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
-            })
-            .collect()
+        user_ids(users)
     }
 
     async fn forget_remote_device_list(&self, user_id: &UserId) -> StoreResult<()> {
@@ -484,4 +466,13 @@ impl DeviceListStore for SqlStore {
         }
         tx.commit().await.map_err(backend_err)
     }
+}
+
+/// Parses user IDs read from the database.
+fn user_ids(raw: Vec<String>) -> StoreResult<Vec<OwnedUserId>> {
+    raw.into_iter()
+        .map(|u| {
+            UserId::parse(u).map_err(|e| StoreError::Backend(format!("bad stored user ID: {e}")))
+        })
+        .collect()
 }
