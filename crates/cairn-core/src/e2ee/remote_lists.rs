@@ -336,8 +336,17 @@ impl Homeserver {
             }
             Err(err) => {
                 tracing::info!(%user_id, %err, "device list recheck failed; will retry");
+                self.back_off_if_unreachable(user_id, &err).await;
                 Ok(())
             }
+        }
+    }
+
+    /// Backs off the server of `user_id` after a fetch that found it unreachable, so that
+    /// the next passes skip it until the backoff ends instead of asking every 30 s.
+    async fn back_off_if_unreachable(&self, user_id: &UserId, err: &RemoteError) {
+        if err.unreachable_reason().is_some() {
+            self.remote_failed(user_id.server_name()).await;
         }
     }
 
@@ -369,8 +378,14 @@ impl Homeserver {
             match why {
                 Due::Stale => log_failed_fetch(user_id, self.resync_device_list(user_id).await),
                 Due::Recheck => self.recheck_device_list(user_id).await?,
-                // A failed refresh leaves the list as it was, usable; the next pass tries again.
-                Due::Refresh => log_failed_fetch(user_id, self.fetch_device_list(user_id).await),
+                // A failed refresh leaves the list as it was, usable, for a later pass.
+                Due::Refresh => {
+                    let outcome = self.fetch_device_list(user_id).await;
+                    if let Ok(Err(err)) = &outcome {
+                        self.back_off_if_unreachable(user_id, err).await;
+                    }
+                    log_failed_fetch(user_id, outcome);
+                }
             }
         }
         Ok(())

@@ -143,6 +143,25 @@ async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
         );
 
         // Now a.test is in backoff: the next claim is answered at once, without asking it.
+        // The kit's backoff is 100 ms, which a loaded machine can outlast between two claims,
+        // so it is held open for this step (the next case's signed request ends it).
+        let store = b_server.homeserver.store();
+        let a_name = ruma::server_name!("a.test");
+        let backoff = store.backoff(a_name).await.unwrap();
+        assert!(
+            backoff.interval_ms > 0,
+            "{fault:?}: the failure backed a.test off"
+        );
+        store
+            .set_backoff(
+                a_name,
+                cairn_core::store::Backoff {
+                    retry_after_ms: backoff.retry_after_ms + 60_000,
+                    ..backoff
+                },
+            )
+            .await
+            .unwrap();
         let asked = fed.proxies[0].seen("POST /_matrix/federation/v1/user/keys/claim");
         let again = claim(&b, &bob, &alice).await;
         assert_eq!(
