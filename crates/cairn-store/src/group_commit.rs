@@ -195,21 +195,27 @@ type Output = Vec<Option<UploadedKey>>;
 /// with the runtime), so the connection never goes back to the pool inside it.
 async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>> {
     let mut conn = write.acquire().await.map_err(backend_err)?;
-    conn.execute(sqlx::raw_sql(
-        "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-    ))
-    .await
-    .map_err(backend_err)?;
-    let result = match run_in(&mut conn, jobs).await {
-        Ok(results) => conn
-            .execute(sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL"))
-            .await
-            .map(|_| results)
-            .map_err(backend_err),
+    let begun = conn
+        .execute(sqlx::raw_sql(
+            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
+        ))
+        .await
+        .map_err(backend_err);
+    let result = match begun {
+        Ok(_) => match run_in(&mut conn, jobs).await {
+            Ok(results) => conn
+                .execute(sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL"))
+                .await
+                .map(|_| results)
+                .map_err(backend_err),
+            Err(err) => Err(err),
+        },
+        // BEGIN failed (busy past the timeout, say) after the pragma took effect.
         Err(err) => Err(err),
     };
     if result.is_err() {
         // The transaction may still be open (a job failed, or COMMIT did); nothing of it stays.
+        // Without one, ROLLBACK fails harmlessly.
         let _ = conn.execute(sqlx::raw_sql("ROLLBACK")).await;
     }
     if result.is_err()
