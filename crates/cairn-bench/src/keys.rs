@@ -86,13 +86,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             .await?,
         );
     }
-    for backend in options
-        .against
-        .is_none()
-        .then_some(&options.backends)
-        .into_iter()
-        .flatten()
-    {
+    // A server given with --against is measured instead of starting Cairn on each backend.
+    let backends: &[&str] = if options.against.is_some() {
+        &[]
+    } else {
+        &options.backends
+    };
+    for backend in backends {
         let dir = tempfile::tempdir()?;
         let (url, db) = match *backend {
             "sqlite" => (format!("sqlite://{}/cairn.db", dir.path().display()), None),
