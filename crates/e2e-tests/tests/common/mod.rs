@@ -124,8 +124,8 @@ impl Harness {
 
     /// Starts the server again on its ports and data.
     pub async fn restart(&mut self) -> Result<()> {
-        let client = std::net::TcpListener::bind(self.addrs.0)?;
-        let federation = std::net::TcpListener::bind(self.addrs.1)?;
+        let client = rebind(self.addrs.0).await?;
+        let federation = rebind(self.addrs.1).await?;
         self.server = Some(cairn::serve::start_on(&self.config, client, federation).await?);
         Ok(())
     }
@@ -308,4 +308,21 @@ pub async fn open_dm(from: &Client, to: &Client) -> Result<(Room, OwnedRoomId)> 
     .await
     .context("the invitee's join never reached the sender")??;
     Ok((room, room_id))
+}
+
+/// Binds `addr` again. While the server was down, another test's connection may have been given
+/// the port as its local end; such a port is free again within moments.
+async fn rebind(addr: std::net::SocketAddr) -> Result<std::net::TcpListener> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match std::net::TcpListener::bind(addr) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse
+                    && std::time::Instant::now() < deadline =>
+            {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            bound => return Ok(bound?),
+        }
+    }
 }
