@@ -25,7 +25,8 @@ pub struct CoreConfig {
 pub struct Msc4081Config {
     /// Share every device's fallback key, whether or not its client opted in.
     pub share_for_all_devices: bool,
-    /// A cached fallback key older than this is not handed out.
+    /// A cached fallback key that its owner's server last sent longer ago than this is not
+    /// handed out.
     pub max_cached_key_age_ms: u64,
     /// Emit the bare field name `fallback_keys` instead of the unstable
     /// `org.matrix.msc4081.fallback_keys` (once the MSC is merged).

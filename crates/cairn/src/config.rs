@@ -44,7 +44,8 @@ pub struct Config {
 pub struct Msc4081 {
     /// Share the fallback key of every device, also those whose client did not opt in.
     pub share_for_all_devices: bool,
-    /// Cached fallback keys older than this are not handed out, in milliseconds.
+    /// Cached fallback keys that their owner's server last sent longer ago than this are not
+    /// handed out, in milliseconds.
     pub max_cached_key_age_ms: u64,
     /// Send the bare field name `fallback_keys` (once the MSC is merged) instead of
     /// `org.matrix.msc4081.fallback_keys`.
