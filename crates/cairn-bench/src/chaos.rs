@@ -62,8 +62,8 @@ struct Server {
 
 impl Server {
     async fn start(&mut self) -> anyhow::Result<()> {
-        let client = TcpListener::bind(self.addrs.0)?;
-        let federation = TcpListener::bind(self.addrs.1)?;
+        let client = rebind(self.addrs.0).await?;
+        let federation = rebind(self.addrs.1).await?;
         self.running =
             Some(start_on_with_clock(&self.config, client, federation, self.clock.clone()).await?);
         Ok(())
@@ -74,6 +74,22 @@ impl Server {
             server.stop().await?;
         }
         Ok(())
+    }
+}
+
+/// Binds `addr` again. While a server was down, a connection elsewhere on this machine may
+/// have been given its port as the local end; such a port is free again within moments.
+async fn rebind(addr: SocketAddr) -> anyhow::Result<TcpListener> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match TcpListener::bind(addr) {
+            Err(err)
+                if err.kind() == std::io::ErrorKind::AddrInUse && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            bound => return Ok(bound?),
+        }
     }
 }
 
@@ -201,13 +217,17 @@ async fn run_once(options: &Options, eager: bool) -> anyhow::Result<Report> {
     let names: Vec<String> = (0..options.servers)
         .map(|i| format!("s{i}.chaos"))
         .collect();
-    let mut addrs = Vec::new();
-    for _ in &names {
-        addrs.push((
-            TcpListener::bind("127.0.0.1:0")?.local_addr()?,
-            TcpListener::bind("127.0.0.1:0")?.local_addr()?,
-        ));
+    // Every probe stays bound until all are picked, so no two servers get the same port.
+    let mut probes = Vec::new();
+    for _ in 0..names.len() * 2 {
+        probes.push(TcpListener::bind("127.0.0.1:0")?);
     }
+    let mut picked = Vec::new();
+    for probe in &probes {
+        picked.push(probe.local_addr()?);
+    }
+    drop(probes);
+    let addrs: Vec<(SocketAddr, SocketAddr)> = picked.chunks(2).map(|p| (p[0], p[1])).collect();
     let routes: BTreeMap<String, String> = names
         .iter()
         .zip(&addrs)
