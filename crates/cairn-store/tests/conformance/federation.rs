@@ -215,42 +215,25 @@ pub(crate) async fn remote_device_lists_only_move_forward(h: &Harness) {
     // A recheck mark (MSC4081 decision 19) is kept for cached users only, survives a fetched
     // list replacing the cached one, and is cleared when the recheck is done.
     let carol = ruma::user_id!("@carol:b.test");
+    let to_recheck = || store.remote_device_lists_to_recheck();
     store
         .mark_remote_device_lists_for_recheck(&[bob.to_owned(), carol.to_owned()])
         .await
         .unwrap();
-    assert_eq!(
-        store.remote_device_lists_to_recheck().await.unwrap(),
-        [bob.to_owned()]
-    );
+    assert_eq!(to_recheck().await.unwrap(), [bob.to_owned()]);
     store
         .replace_remote_device_list(&list(11, &["A"]))
         .await
         .unwrap();
-    assert_eq!(
-        store.remote_device_lists_to_recheck().await.unwrap(),
-        [bob.to_owned()]
-    );
+    assert_eq!(to_recheck().await.unwrap(), [bob.to_owned()]);
     store.remote_device_list_rechecked(bob).await.unwrap();
-    assert!(
-        store
-            .remote_device_lists_to_recheck()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(to_recheck().await.unwrap().is_empty());
     store
         .mark_remote_device_lists_for_recheck(&[bob.to_owned()])
         .await
         .unwrap();
     store.forget_remote_device_list(bob).await.unwrap();
-    assert!(
-        store
-            .remote_device_lists_to_recheck()
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    assert!(to_recheck().await.unwrap().is_empty());
     store
         .apply_remote_device_update(bob, "F", Some(&sharing), 12, false)
         .await

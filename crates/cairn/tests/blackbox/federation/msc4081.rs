@@ -78,6 +78,45 @@ async fn claim(b: &Client, bob: &Session, alice: &Session) -> Value {
     .ok()
 }
 
+/// Whether a cached list holds the shared fallback key `FB<n>` of one of its devices.
+fn holds_fallback(n: u32) -> impl Fn(&cairn_core::store::RemoteDeviceList) -> bool {
+    move |list| {
+        list.devices.iter().any(|d| {
+            let d: Value = serde_json::from_str(d.get()).unwrap();
+            d["org.matrix.msc4081.fallback_keys"]
+                .get(format!("signed_curve25519:FB{n}"))
+                .is_some()
+        })
+    }
+}
+
+/// Whether a `/sync` answer lists `user_id` in `device_lists.changed`.
+fn lists_as_changed(sync: &Value, user_id: &str) -> bool {
+    sync["device_lists"]["changed"]
+        .as_array()
+        .is_some_and(|c| c.iter().any(|u| u == user_id))
+}
+
+/// a.test and b.test behind fault proxies; bob on b.test shares fallback key `FB1` (opted in)
+/// and alice on a.test joined his room, so a.test holds the key. Returns them and bob's key.
+async fn alice_sees_bobs_shared_key() -> (Federation, Session, Session, DeviceKey) {
+    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (a, b) = (fed.client(0), fed.client(1));
+    let alice = a.register("alice", "pw").await;
+    let bob = b.register("bob", "pw").await;
+    let key = DeviceKey::new(&bob.device_id);
+    upload(&b, &bob, &key, 1, Some(true)).await;
+    let room_id = create_room(&b, &bob, json!({ "preset": "public_chat" })).await;
+    join_via(&a, &alice, &room_id, "b.test").await;
+    cached_list(
+        fed.servers[0].as_ref().unwrap(),
+        &bob.user_id,
+        holds_fallback(1),
+    )
+    .await;
+    (fed, alice, bob, key)
+}
+
 #[tokio::test]
 async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
     let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
@@ -89,16 +128,7 @@ async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
     let room_id = create_room(&a, &alice, json!({ "preset": "public_chat" })).await;
     join_via(&b, &bob, &room_id, "a.test").await;
     let b_server = fed.servers[1].as_ref().unwrap();
-    let field = "org.matrix.msc4081.fallback_keys";
-    let has_key = |n: u32| {
-        move |l: &cairn_core::store::RemoteDeviceList| {
-            l.devices.iter().any(|d| {
-                let d: Value = serde_json::from_str(d.get()).unwrap();
-                d[field].get(format!("signed_curve25519:FB{n}")).is_some()
-            })
-        }
-    };
-    cached_list(b_server, &alice.user_id, has_key(1)).await;
+    cached_list(b_server, &alice.user_id, holds_fallback(1)).await;
 
     // Answered by a.test while it answers: it hands out the fallback key itself.
     let direct = claim(&b, &bob, &alice).await;
@@ -183,10 +213,10 @@ async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
 
     // A new fallback key replaces the cached one; an opt-out withdraws it.
     upload(&a, &alice, &key, 2, None).await;
-    cached_list(b_server, &alice.user_id, has_key(2)).await;
+    cached_list(b_server, &alice.user_id, holds_fallback(2)).await;
     upload(&a, &alice, &key, 2, Some(false)).await;
     cached_list(b_server, &alice.user_id, |l| {
-        !has_key(2)(l) && !l.devices.is_empty()
+        !holds_fallback(2)(l) && !l.devices.is_empty()
     })
     .await;
     fed.proxies[0].set(Fault::Refuse).await;
@@ -201,26 +231,9 @@ async fn a_shared_fallback_key_answers_claims_while_its_server_cannot() {
 /// `device_lists.changed`, so her client queries again.
 #[tokio::test]
 async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
-    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
+    let (fed, alice, bob, key) = alice_sees_bobs_shared_key().await;
     let (a, b) = (fed.client(0), fed.client(1));
-    let alice = a.register("alice", "pw").await;
-    let bob = b.register("bob", "pw").await;
-    let key = DeviceKey::new(&bob.device_id);
-    upload(&b, &bob, &key, 1, Some(true)).await;
-    let room_id = create_room(&b, &bob, json!({ "preset": "public_chat" })).await;
-    join_via(&a, &alice, &room_id, "b.test").await;
     let a_server = fed.servers[0].as_ref().unwrap();
-    let holds = |n: u32| {
-        move |l: &cairn_core::store::RemoteDeviceList| {
-            l.devices.iter().any(|d| {
-                let d: Value = serde_json::from_str(d.get()).unwrap();
-                d["org.matrix.msc4081.fallback_keys"]
-                    .get(format!("signed_curve25519:FB{n}"))
-                    .is_some()
-            })
-        }
-    };
-    cached_list(a_server, &bob.user_id, holds(1)).await;
     let since = a
         .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
         .await
@@ -232,7 +245,7 @@ async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
     fed.proxies[0].set(Fault::Refuse).await;
     upload(&b, &bob, &key, 2, None).await;
     fed.proxies[0].set(Fault::Pass).await;
-    cached_list(a_server, &bob.user_id, holds(2)).await;
+    cached_list(a_server, &bob.user_id, holds_fallback(2)).await;
     let mut since = since;
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     loop {
@@ -247,10 +260,7 @@ async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
             )
             .await
             .ok();
-        if sync["device_lists"]["changed"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|u| u == &json!(bob.user_id)))
-        {
+        if lists_as_changed(&sync, &bob.user_id) {
             break;
         }
         since = sync["next_batch"].as_str().unwrap().to_owned();
@@ -264,21 +274,9 @@ async fn when_a_cut_off_server_returns_local_users_hear_of_its_changes() {
 /// about bob changed, so her client queries again.
 #[tokio::test]
 async fn users_served_from_the_cache_are_fetched_again_when_their_server_answers() {
-    let fed = Federation::start_proxied(&["a.test", "b.test"]).await;
-    let (a, b) = (fed.client(0), fed.client(1));
-    let alice = a.register("alice", "pw").await;
-    let bob = b.register("bob", "pw").await;
-    let key = DeviceKey::new(&bob.device_id);
-    upload(&b, &bob, &key, 1, Some(true)).await;
-    let room_id = create_room(&b, &bob, json!({ "preset": "public_chat" })).await;
-    join_via(&a, &alice, &room_id, "b.test").await;
+    let (fed, alice, bob, _) = alice_sees_bobs_shared_key().await;
+    let a = fed.client(0);
     let a_server = fed.servers[0].as_ref().unwrap();
-    cached_list(a_server, &bob.user_id, |l| {
-        l.devices
-            .iter()
-            .any(|d| d.get().contains("signed_curve25519:FB1"))
-    })
-    .await;
     // `wait_ms`: how long the sync may wait for something to tell.
     let sync = |since: String, wait_ms: u32| {
         let (a, token) = (&a, alice.token.clone());
@@ -307,11 +305,7 @@ async fn users_served_from_the_cache_are_fetched_again_when_their_server_answers
         assert!(std::time::Instant::now() < deadline, "announcements stuck");
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let bob_changed = |sync: &Value| {
-        sync["device_lists"]["changed"]
-            .as_array()
-            .is_some_and(|c| c.iter().any(|u| u == &json!(bob.user_id)))
-    };
+    let bob_changed = |sync: &Value| lists_as_changed(sync, &bob.user_id);
     let mut since = a
         .get("/_matrix/client/v3/sync?timeout=0", Some(&alice.token))
         .await
