@@ -148,9 +148,12 @@ impl KeyStore for SqlStore {
 
     async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
         match &self.writes {
-            // SQLite: group commit with other uploads and claims (see `group_commit`).
-            Some(batcher) => batcher.write_keys(write.clone()).await,
-            None => {
+            // SQLite: group commit with other uploads and claims (see `group_commit`), unless
+            // the upload changes the device list or owes an announcement, which are rare.
+            Some(batcher) if write.device_keys.is_none() && !write.owes_update => {
+                batcher.write_keys(write.clone()).await
+            }
+            _ => {
                 let mut tx = self.begin().await?;
                 write_keys_in(&mut tx, write).await?;
                 tx.commit().await.map_err(backend_err)
@@ -183,13 +186,12 @@ impl KeyStore for SqlStore {
         match (&self.writes, self.backend) {
             // SQLite: group commit (see `group_commit`).
             (Some(batcher), _) => batcher.claim(claims.to_vec()).await,
-            // PostgreSQL: each claim is one self-contained statement, atomic on its own;
-            // concurrent claimers skip each other's locked rows, so no key is handed out twice.
+            // Otherwise each claim is one self-contained statement, atomic on its own.
             _ => {
                 let mut conn = self.write.acquire().await.map_err(backend_err)?;
                 let mut out = Vec::with_capacity(claims.len());
                 for claim in claims {
-                    out.push(claim_one(&mut conn, claim, " FOR UPDATE SKIP LOCKED").await?);
+                    out.push(claim_one(&mut conn, claim, self.backend).await?);
                 }
                 Ok(out)
             }
@@ -396,40 +398,98 @@ impl SyncStore for SqlStore {
     }
 }
 
+/// Takes the oldest one-time key of a device and algorithm; `$lock` is PostgreSQL's row lock.
+macro_rules! take_one_time_key {
+    ($lock:literal) => {
+        concat!(
+            "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys \
+             WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1",
+            $lock,
+            ") RETURNING algorithm, key_id, key_json"
+        )
+    };
+}
+
+/// Takes (deletes and returns) the oldest one-time key of user `$1`'s device `$2` for algorithm
+/// `$3`, on SQLite, where there is one writer.
+pub(crate) const TAKE_ONE_TIME_KEY: &str = take_one_time_key!("");
+
+/// The same on PostgreSQL: concurrent claimers skip each other's locked rows, so no key is
+/// handed out twice.
+const TAKE_ONE_TIME_KEY_SKIP_LOCKED: &str = take_one_time_key!(" FOR UPDATE SKIP LOCKED");
+
+/// Marks the fallback key of `$1`'s device `$2` for algorithm `$3` used and returns it.
+pub(crate) const TAKE_FALLBACK_KEY: &str = "UPDATE fallback_keys SET used = 1 \
+     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 RETURNING algorithm, key_id, key_json";
+
+/// Adds `$4` to the count of `$1`'s device `$2` for algorithm `$3` (deletions have a trigger).
+pub(crate) const ADD_ONE_TIME_KEY_COUNT: &str = "INSERT INTO one_time_key_counts \
+     (user_id, device_id, algorithm, n) VALUES ($1, $2, $3, $4) ON CONFLICT (user_id, device_id, algorithm) \
+     DO UPDATE SET n = one_time_key_counts.n + excluded.n";
+
+/// Stores a fallback key, unused, in place of the device's key of that algorithm.
+pub(crate) const PUT_FALLBACK_KEY: &str = "INSERT INTO fallback_keys \
+     (user_id, device_id, algorithm, key_id, key_json, used) VALUES ($1, $2, $3, $4, $5, 0) \
+     ON CONFLICT (user_id, device_id, algorithm) \
+     DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0";
+
+/// Sets a device's MSC4081 opt-in (`$1`, 0 or 1).
+pub(crate) const SET_EAGER_SHARE: &str =
+    "UPDATE devices SET eager_share_fallback_keys = $1 WHERE user_id = $2 AND device_id = $3";
+
+/// Inserts `rows` one-time keys, each bound as user, device, algorithm, key ID and key; a key
+/// already stored under its ID is left as it is.
+pub(crate) fn insert_one_time_keys_sql(backend: Backend, rows: usize) -> String {
+    let mut p = Params::new(backend);
+    let values: Vec<String> = (0..rows).map(|_| format!("({})", p.many(5))).collect();
+    format!(
+        "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
+         ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
+        values.join(", ")
+    )
+}
+
+/// An upload's one-time keys as one insert per algorithm, in chunks far below SQLite's 32766
+/// parameters.
+pub(crate) fn one_time_key_chunks(keys: &[UploadedKey]) -> Vec<(&str, Vec<&UploadedKey>)> {
+    let mut algorithms: Vec<&str> = keys.iter().map(|k| k.algorithm.as_str()).collect();
+    algorithms.sort_unstable();
+    algorithms.dedup();
+    let mut chunks = Vec::new();
+    for algorithm in algorithms {
+        let of: Vec<&UploadedKey> = keys.iter().filter(|k| k.algorithm == algorithm).collect();
+        chunks.extend(of.chunks(1000).map(|chunk| (algorithm, chunk.to_vec())));
+    }
+    chunks
+}
+
 /// Takes the oldest one-time key of the claim, else marks the fallback key used and returns it.
-pub(crate) async fn claim_one(
+async fn claim_one(
     conn: &mut sqlx::AnyConnection,
     claim: &KeyClaim,
-    lock: &str,
+    backend: Backend,
 ) -> StoreResult<Option<UploadedKey>> {
-    let row = sqlx::query(crate::group_commit::take_otk_sql(lock))
-        .bind(claim.user_id.as_str())
-        .bind(claim.device_id.as_str())
-        .bind(&claim.algorithm)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend_err)?;
-    let row = match row {
-        Some(row) => Some(row),
-        None => sqlx::query(
-            "UPDATE fallback_keys SET used = 1 WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 \
-             RETURNING algorithm, key_id, key_json",
-        )
-        .bind(claim.user_id.as_str())
-        .bind(claim.device_id.as_str())
-        .bind(&claim.algorithm)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(backend_err)?,
+    let take_one_time_key = match backend {
+        Backend::Sqlite => TAKE_ONE_TIME_KEY,
+        Backend::Postgres => TAKE_ONE_TIME_KEY_SKIP_LOCKED,
     };
-    row.as_ref().map(uploaded_key).transpose()
+    for sql in [take_one_time_key, TAKE_FALLBACK_KEY] {
+        let row = sqlx::query(sql)
+            .bind(claim.user_id.as_str())
+            .bind(claim.device_id.as_str())
+            .bind(&claim.algorithm)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(backend_err)?;
+        if let Some(row) = row {
+            return uploaded_key(&row).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Writes a key upload with `conn`, inside a transaction the caller commits.
-pub(crate) async fn write_keys_in(
-    conn: &mut sqlx::AnyConnection,
-    write: &KeyWrite,
-) -> StoreResult<()> {
+async fn write_keys_in(conn: &mut sqlx::AnyConnection, write: &KeyWrite) -> StoreResult<()> {
     let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
     if let Some(keys) = &write.device_keys {
         sqlx::query(
@@ -447,89 +507,59 @@ pub(crate) async fn write_keys_in(
         let stream_id = next_position(conn).await?;
         crate::device_lists::owe_announcement(conn, None, user, device, stream_id).await?;
     }
-    // One statement per algorithm for all new one-time keys (chunks stay far below SQLite's
-    // 32766 parameters). The count grows by the rows actually inserted; a trigger does the same
-    // for deletions, which come from several places (claims, device deletion).
+    // The count grows by the rows actually inserted; a trigger does the same for deletions,
+    // which come from several places (claims, device deletion).
     let backend = match conn.backend_name() {
         "PostgreSQL" => Backend::Postgres,
         _ => Backend::Sqlite,
     };
-    let mut algorithms: Vec<&str> = write
-        .one_time_keys
-        .iter()
-        .map(|k| k.algorithm.as_str())
-        .collect();
-    algorithms.sort_unstable();
-    algorithms.dedup();
-    for algorithm in algorithms {
-        let keys: Vec<&UploadedKey> = write
-            .one_time_keys
-            .iter()
-            .filter(|k| k.algorithm == algorithm)
-            .collect();
-        let mut inserted = 0;
-        for chunk in keys.chunks(1000) {
-            let mut p = Params::new(backend);
-            let values: Vec<String> = (0..chunk.len())
-                .map(|_| format!("({})", p.many(5)))
-                .collect();
-            let sql = format!(
-                "INSERT INTO one_time_keys (user_id, device_id, algorithm, key_id, key_json) VALUES {} \
-                 ON CONFLICT (user_id, device_id, algorithm, key_id) DO NOTHING",
-                values.join(", ")
-            );
-            let mut query = sqlx::query(AssertSqlSafe(sql));
-            for key in chunk {
-                query = query
-                    .bind(user)
-                    .bind(device)
-                    .bind(algorithm)
-                    .bind(key.key_id.as_str())
-                    .bind(key.key.get());
-            }
-            inserted += query
-                .execute(&mut *conn)
-                .await
-                .map_err(backend_err)?
-                .rows_affected();
+    let mut inserted: BTreeMap<&str, u64> = BTreeMap::new();
+    for (algorithm, chunk) in one_time_key_chunks(&write.one_time_keys) {
+        let sql = insert_one_time_keys_sql(backend, chunk.len());
+        let mut query = sqlx::query(AssertSqlSafe(sql));
+        for key in chunk {
+            query = query
+                .bind(user)
+                .bind(device)
+                .bind(algorithm)
+                .bind(key.key_id.as_str())
+                .bind(key.key.get());
         }
-        if inserted > 0 {
-            sqlx::query(
-                "INSERT INTO one_time_key_counts (user_id, device_id, algorithm, n) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (user_id, device_id, algorithm) DO UPDATE SET n = one_time_key_counts.n + excluded.n",
-            )
+        *inserted.entry(algorithm).or_default() += query
+            .execute(&mut *conn)
+            .await
+            .map_err(backend_err)?
+            .rows_affected();
+    }
+    for (algorithm, n) in inserted.into_iter().filter(|&(_, n)| n > 0) {
+        sqlx::query(ADD_ONE_TIME_KEY_COUNT)
             .bind(user)
             .bind(device)
             .bind(algorithm)
-            .bind(i64::try_from(inserted).unwrap_or(i64::MAX))
+            .bind(i64::try_from(n).unwrap_or(i64::MAX))
             .execute(&mut *conn)
             .await
             .map_err(backend_err)?;
-        }
     }
     for key in &write.fallback_keys {
-        sqlx::query(
-            "INSERT INTO fallback_keys (user_id, device_id, algorithm, key_id, key_json, used) \
-                 VALUES ($1, $2, $3, $4, $5, 0) ON CONFLICT (user_id, device_id, algorithm) \
-                 DO UPDATE SET key_id = excluded.key_id, key_json = excluded.key_json, used = 0",
-        )
-        .bind(user)
-        .bind(device)
-        .bind(&key.algorithm)
-        .bind(&key.key_id)
-        .bind(key.key.get())
-        .execute(&mut *conn)
-        .await
-        .map_err(backend_err)?;
+        sqlx::query(PUT_FALLBACK_KEY)
+            .bind(user)
+            .bind(device)
+            .bind(&key.algorithm)
+            .bind(&key.key_id)
+            .bind(key.key.get())
+            .execute(&mut *conn)
+            .await
+            .map_err(backend_err)?;
     }
     if let Some(eager) = write.eager_share_fallback_keys {
-        sqlx::query("UPDATE devices SET eager_share_fallback_keys = $1 WHERE user_id = $2 AND device_id = $3")
-                .bind(i64::from(eager))
-                .bind(user)
-                .bind(device)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend_err)?;
+        sqlx::query(SET_EAGER_SHARE)
+            .bind(i64::from(eager))
+            .bind(user)
+            .bind(device)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend_err)?;
     }
     Ok(())
 }

@@ -5,20 +5,31 @@
 //! therefore queue here; one task takes everything queued and runs it in one transaction, and a
 //! job that fails is retried alone so that it never takes the rest of its batch down with it.
 //!
-//! The fsync is pipelined: a batch commits without waiting for the disk, and a second stage
-//! fsyncs the write-ahead log (which holds every committed frame) while the next batch runs.
-//! Nobody is answered before that fsync has returned, so nothing is acknowledged before it is
-//! durable. Other connections may read a batch a moment before it is on disk; after a power
-//! cut such a batch is gone, but it was never acknowledged, and every later acknowledged write
-//! is behind it in the log.
+//! A batch runs on a connection of its own, through rusqlite, in one call on a blocking thread.
+//! Through sqlx every statement is a round trip to the connection's thread; at a few statements
+//! per job those trips were most of the cost of a batch. The store's one-connection write pool
+//! is the write lock: the batch holds that connection while it runs, so the store's other
+//! writes never meet it inside SQLite (where they would wait on the busy handler's sleeps).
+//!
+//! The fsync is pipelined: a batch commits without waiting for the disk (this connection runs
+//! at `synchronous = NORMAL`), and a second stage fsyncs the write-ahead log (which holds every
+//! committed frame) while the next batch runs. Nobody is answered before that fsync has
+//! returned, so nothing is acknowledged before it is durable. Other connections may read a
+//! batch a moment before it is on disk; after a power cut such a batch is gone, but it was
+//! never acknowledged, and every later acknowledged write is behind it in the log.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
 
 use cairn_core::store::{KeyClaim, KeyWrite, StoreError, StoreResult, UploadedKey};
-use std::path::{Path, PathBuf};
-
-use sqlx::{AnyPool, AssertSqlSafe, Executor};
+use rusqlite::{OptionalExtension, params_from_iter};
+use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::backend_err;
+use crate::e2ee::{self, raw_json};
+use crate::{Backend, SQLITE_BUSY_TIMEOUT_MS};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 256;
@@ -48,9 +59,7 @@ impl Done {
             Done::WriteKeys(reply, result) => drop(reply.send(result)),
         }
     }
-}
 
-impl Done {
     /// The commit may not have reached the disk: the job is not acknowledged.
     fn fail(self, message: &str) {
         let err = || StoreError::Backend(message.to_owned());
@@ -58,15 +67,6 @@ impl Done {
             Done::Claim(reply, _) => drop(reply.send(Err(err()))),
             Done::WriteKeys(reply, _) => drop(reply.send(Err(err()))),
         }
-    }
-}
-
-/// Makes everything committed to the write-ahead log so far durable. The log is opened by path
-/// each time, so the sync reaches the file SQLite is writing even if it was ever recreated.
-fn sync_log(wal: Option<&Path>) -> std::io::Result<()> {
-    match wal {
-        Some(wal) => std::fs::File::open(wal)?.sync_data(),
-        None => Ok(()),
     }
 }
 
@@ -80,6 +80,15 @@ impl Job {
     }
 }
 
+/// What one job produced: claimed keys, or nothing for an upload.
+type Output = Vec<Option<UploadedKey>>;
+
+/// Makes everything committed to the write-ahead log so far durable. The log is opened by path
+/// each time, so the sync reaches the file SQLite is writing even if it was ever recreated.
+fn sync_log(wal: &Path) -> std::io::Result<()> {
+    std::fs::File::open(wal)?.sync_data()
+}
+
 /// Hands writes to the batching task.
 #[derive(Clone)]
 pub(crate) struct WriteBatcher {
@@ -87,9 +96,21 @@ pub(crate) struct WriteBatcher {
 }
 
 impl WriteBatcher {
-    /// Starts the task that commits through `write` (a one-connection pool) to the database
-    /// whose write-ahead log is `wal`.
-    pub(crate) fn start(write: AnyPool, wal: Option<PathBuf>) -> Self {
+    /// Opens a connection of its own to the database file `file` (already in WAL mode) and
+    /// starts the task that commits through it, holding `write_lock`'s connection meanwhile.
+    pub(crate) fn start(write_lock: AnyPool, file: &Path) -> StoreResult<Self> {
+        let conn = rusqlite::Connection::open(file).map_err(sqlite_err)?;
+        conn.busy_timeout(Duration::from_millis(SQLITE_BUSY_TIMEOUT_MS.into()))
+            .map_err(sqlite_err)?;
+        // Only commits from here skip the sync; the sync stage makes them durable.
+        conn.pragma_update(None, "synchronous", "NORMAL")
+            .map_err(sqlite_err)?;
+        let conn = Arc::new(Mutex::new(conn));
+        let wal = file.with_file_name(format!(
+            "{}-wal",
+            file.file_name().unwrap_or_default().to_string_lossy()
+        ));
+
         let (queue, mut incoming) = mpsc::unbounded_channel::<Job>();
         let (synced, mut to_sync) = mpsc::unbounded_channel::<Vec<Done>>();
         tokio::spawn(async move {
@@ -101,7 +122,28 @@ impl WriteBatcher {
                         Err(_) => break,
                     }
                 }
-                if synced.send(run(&write, batch).await).is_err() {
+                let done = match write_lock.acquire().await {
+                    Ok(_held) => {
+                        let conn = conn.clone();
+                        let ran = tokio::task::spawn_blocking(move || {
+                            run(
+                                &mut conn.lock().unwrap_or_else(PoisonError::into_inner),
+                                batch,
+                            )
+                        })
+                        .await;
+                        // A panic dropped the jobs' reply channels: their callers get an error.
+                        ran.unwrap_or_default()
+                    }
+                    Err(err) => {
+                        let message = format!("the write lock is gone: {err}");
+                        for job in batch {
+                            job.done(Ok(Vec::new())).fail(&message);
+                        }
+                        continue;
+                    }
+                };
+                if synced.send(done).is_err() {
                     return;
                 }
             }
@@ -115,7 +157,7 @@ impl WriteBatcher {
                     batches.push(next);
                 }
                 let wal = wal.clone();
-                let synced = tokio::task::spawn_blocking(move || sync_log(wal.as_deref())).await;
+                let synced = tokio::task::spawn_blocking(move || sync_log(&wal)).await;
                 let failure = match synced {
                     Ok(Ok(())) => None,
                     Ok(Err(err)) => Some(format!("syncing the write-ahead log failed: {err}")),
@@ -129,7 +171,7 @@ impl WriteBatcher {
                 }
             }
         });
-        Self { queue }
+        Ok(Self { queue })
     }
 
     /// Claims, returning after the batch holding them has committed.
@@ -142,8 +184,10 @@ impl WriteBatcher {
         answer.await.map_err(|_| stopped())?
     }
 
-    /// Writes an upload, returning after the batch holding it has committed.
+    /// Writes an upload, returning after the batch holding it has committed. Device keys and
+    /// owed announcements are not written here (see `e2ee::write_keys_in`).
     pub(crate) async fn write_keys(&self, write: KeyWrite) -> StoreResult<()> {
+        debug_assert!(write.device_keys.is_none() && !write.owes_update);
         let (reply, answer) = oneshot::channel();
         self.submit(Job::WriteKeys(Box::new(write), reply))?;
         answer.await.map_err(|_| stopped())?
@@ -158,12 +202,16 @@ fn stopped() -> StoreError {
     StoreError::Backend("the write task stopped".into())
 }
 
+fn sqlite_err(err: rusqlite::Error) -> StoreError {
+    StoreError::Backend(err.to_string())
+}
+
 /// Runs a batch in one transaction. If a job fails, the batch is rolled back and every job runs
 /// again in a transaction of its own, so that one bad job cannot fail the others; the jobs carry
 /// no savepoints of their own because a statement per savepoint costs more than the rare retry.
-async fn run(write: &AnyPool, batch: Vec<Job>) -> Vec<Done> {
+fn run(conn: &mut rusqlite::Connection, batch: Vec<Job>) -> Vec<Done> {
     if batch.len() > 1 {
-        match run_together(write, &batch).await {
+        match run_together(conn, &batch) {
             Ok(results) => {
                 return batch
                     .into_iter()
@@ -174,93 +222,119 @@ async fn run(write: &AnyPool, batch: Vec<Job>) -> Vec<Done> {
             Err(err) => tracing::warn!(%err, "a grouped key write failed; retrying one by one"),
         }
     }
-    let mut done = Vec::with_capacity(batch.len());
-    for job in batch {
-        let result = run_together(write, std::slice::from_ref(&job)).await;
-        done.push(job.done(result.map(|mut r| r.remove(0))));
-    }
-    done
+    batch
+        .into_iter()
+        .map(|job| {
+            let result = run_together(conn, std::slice::from_ref(&job));
+            job.done(result.map(|mut r| r.remove(0)))
+        })
+        .collect()
 }
 
-/// What one job produced: claimed keys, or nothing for an upload.
-type Output = Vec<Option<UploadedKey>>;
-
-/// Runs `jobs` in one transaction; all of them commit or none. The commit itself does not wait
-/// for the disk (`synchronous = NORMAL` for this transaction only); the sync stage does, before
-/// anyone is answered. The connection is back at `FULL` for every other writer, or closed.
-///
-/// The pragma travels with `BEGIN` and with `COMMIT` in one call each: every statement is a
-/// hop to the connection's thread, and these four were a third of a small batch's hops. The
-/// transaction is therefore not sqlx's; this task is never cancelled mid-batch (it ends only
-/// with the runtime), so the connection never goes back to the pool inside it.
-async fn run_together(write: &AnyPool, jobs: &[Job]) -> StoreResult<Vec<Output>> {
-    let mut conn = write.acquire().await.map_err(backend_err)?;
-    let begun = conn
-        .execute(sqlx::raw_sql(
-            "PRAGMA synchronous = NORMAL; BEGIN IMMEDIATE",
-        ))
-        .await
-        .map_err(backend_err);
-    let result = match begun {
-        Ok(_) => match run_in(&mut conn, jobs).await {
-            Ok(results) => conn
-                .execute(sqlx::raw_sql("COMMIT; PRAGMA synchronous = FULL"))
-                .await
-                .map(|_| results)
-                .map_err(backend_err),
-            Err(err) => Err(err),
-        },
-        // BEGIN failed (busy past the timeout, say) after the pragma took effect.
-        Err(err) => Err(err),
-    };
-    if result.is_err() {
-        // The transaction may still be open (a job failed, or COMMIT did); nothing of it stays.
-        // Without one, ROLLBACK fails harmlessly.
-        let _ = conn.execute(sqlx::raw_sql("ROLLBACK")).await;
+/// Runs `jobs` in one transaction; all of them commit or none.
+fn run_together(conn: &mut rusqlite::Connection, jobs: &[Job]) -> StoreResult<Vec<Output>> {
+    // A panic in an earlier batch may have left its transaction open.
+    if !conn.is_autocommit() {
+        conn.execute_batch("ROLLBACK").map_err(sqlite_err)?;
     }
-    if result.is_err()
-        && let Err(err) = conn.execute("PRAGMA synchronous = FULL").await
-    {
-        tracing::error!(%err, "could not restore synchronous = FULL; closing the connection");
-        let _ = conn.close().await;
+    conn.prepare_cached("BEGIN IMMEDIATE")
+        .and_then(|mut begin| begin.execute([]))
+        .map_err(sqlite_err)?;
+    let result = jobs
+        .iter()
+        .map(|job| run_job(conn, job))
+        .collect::<StoreResult<Vec<_>>>()
+        .and_then(|results| {
+            conn.prepare_cached("COMMIT")
+                .and_then(|mut commit| commit.execute([]))
+                .map(|_| results)
+                .map_err(sqlite_err)
+        });
+    if result.is_err() && !conn.is_autocommit() {
+        // Nothing of a failed batch stays.
+        let _ = conn.execute_batch("ROLLBACK");
     }
     result
 }
 
-async fn run_in(conn: &mut sqlx::AnyConnection, jobs: &[Job]) -> StoreResult<Vec<Output>> {
-    let mut results = Vec::with_capacity(jobs.len());
-    for job in jobs {
-        results.push(match job {
-            Job::Claim(claims, _) => {
-                let mut out = Vec::with_capacity(claims.len());
-                for claim in claims {
-                    out.push(crate::e2ee::claim_one(&mut *conn, claim, "").await?);
-                }
-                out
-            }
-            Job::WriteKeys(write, _) => {
-                crate::e2ee::write_keys_in(&mut *conn, write).await?;
-                Vec::new()
-            }
-        });
+fn run_job(conn: &rusqlite::Connection, job: &Job) -> StoreResult<Output> {
+    match job {
+        Job::Claim(claims, _) => claims.iter().map(|claim| claim_one(conn, claim)).collect(),
+        Job::WriteKeys(write, _) => write_keys(conn, write).map(|()| Vec::new()),
     }
-    Ok(results)
 }
 
-/// The statement that takes the oldest one-time key; `lock` is PostgreSQL's row-locking clause.
-pub(crate) fn take_otk_sql(lock: &str) -> AssertSqlSafe<String> {
-    AssertSqlSafe(format!(
-        "DELETE FROM one_time_keys WHERE seq = (SELECT seq FROM one_time_keys \
-         WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 ORDER BY seq LIMIT 1{lock}) \
-         RETURNING algorithm, key_id, key_json"
-    ))
+/// Takes the oldest one-time key of the claim, else marks the fallback key used and returns it.
+fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Option<UploadedKey>> {
+    let key = [e2ee::TAKE_ONE_TIME_KEY, e2ee::TAKE_FALLBACK_KEY]
+        .into_iter()
+        .find_map(|sql| {
+            conn.prepare_cached(sql)
+                .and_then(|mut take| {
+                    take.query_row(
+                        (
+                            claim.user_id.as_str(),
+                            claim.device_id.as_str(),
+                            &claim.algorithm,
+                        ),
+                        |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)),
+                    )
+                    .optional()
+                })
+                .transpose()
+        })
+        .transpose()
+        .map_err(sqlite_err)?;
+    key.map(|(algorithm, key_id, json)| {
+        Ok(UploadedKey {
+            algorithm,
+            key_id,
+            key: raw_json(json)?,
+        })
+    })
+    .transpose()
+}
+
+/// Writes an upload's one-time keys, fallback keys and opt-in (the same rows as
+/// `e2ee::write_keys_in`).
+fn write_keys(conn: &rusqlite::Connection, write: &KeyWrite) -> StoreResult<()> {
+    let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+    let mut inserted: BTreeMap<&str, usize> = BTreeMap::new();
+    for (algorithm, chunk) in e2ee::one_time_key_chunks(&write.one_time_keys) {
+        let sql = e2ee::insert_one_time_keys_sql(Backend::Sqlite, chunk.len());
+        let params = chunk
+            .iter()
+            .flat_map(|key| [user, device, algorithm, key.key_id.as_str(), key.key.get()]);
+        *inserted.entry(algorithm).or_default() += conn
+            .prepare_cached(&sql)
+            .and_then(|mut insert| insert.execute(params_from_iter(params)))
+            .map_err(sqlite_err)?;
+    }
+    for (algorithm, n) in inserted.into_iter().filter(|&(_, n)| n > 0) {
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        conn.prepare_cached(e2ee::ADD_ONE_TIME_KEY_COUNT)
+            .and_then(|mut add| add.execute((user, device, algorithm, n)))
+            .map_err(sqlite_err)?;
+    }
+    for key in &write.fallback_keys {
+        conn.prepare_cached(e2ee::PUT_FALLBACK_KEY)
+            .and_then(|mut put| {
+                put.execute((user, device, &key.algorithm, &key.key_id, key.key.get()))
+            })
+            .map_err(sqlite_err)?;
+    }
+    if let Some(eager) = write.eager_share_fallback_keys {
+        conn.prepare_cached(e2ee::SET_EAGER_SHARE)
+            .and_then(|mut set| set.execute((i64::from(eager), user, device)))
+            .map_err(sqlite_err)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use crate::{SqlStore, StoreOptions};
-    use cairn_core::store::KeyStore;
+    use cairn_core::store::{KeyStore, KeyWrite, UploadedKey};
     use ruma::{device_id, user_id};
     use serde_json::value::RawValue;
     use sqlx::Executor;

@@ -8,7 +8,9 @@
 //! of the process and of the machine. Writes go through a single connection (SQLite allows one
 //! writer at a time; queueing in the pool is cheaper than lock retries) and start with
 //! `BEGIN IMMEDIATE`, so another process writing the same file (`cairn user add`) waits on the
-//! busy timeout instead of failing. Reads use a pool of their own. On PostgreSQL one pool
+//! busy timeout instead of failing. Key claims and uploads are group-committed on a connection
+//! of their own, which holds the write connection while it writes (see `group_commit`). Reads
+//! use a pool of their own. On PostgreSQL one pool
 //! serves both, and several Cairn processes may share the database.
 
 mod accounts;
@@ -24,7 +26,7 @@ mod server_keys;
 mod token_cache;
 mod user_data;
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -114,9 +116,14 @@ impl SqlStore {
                         .await
                         .and_then(|row| row.try_get("file"))
                         .map_err(backend_err)?;
-                // An in-memory database (empty file name) has no log to sync.
-                let wal = (!file.is_empty()).then(|| PathBuf::from(format!("{file}-wal")));
-                let writes = Some(group_commit::WriteBatcher::start(write.clone(), wal));
+                // An in-memory database (empty file name) cannot be opened a second time.
+                let writes = match file.is_empty() {
+                    true => None,
+                    false => Some(group_commit::WriteBatcher::start(
+                        write.clone(),
+                        Path::new(&file),
+                    )?),
+                };
                 Self {
                     backend,
                     read,
