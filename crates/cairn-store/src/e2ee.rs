@@ -55,73 +55,6 @@ impl KeyStore for SqlStore {
         json.map(raw_json).transpose()
     }
 
-    async fn one_time_keys_held(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        wanted: &[(String, String)],
-    ) -> StoreResult<OneTimeKeysHeld> {
-        // One statement (each is a hop to the connection's thread): the named keys, one
-        // indexed lookup per algorithm (uploads rarely mix them; the unique index is (user,
-        // device, algorithm, key_id), so the algorithm must be fixed to reach the key IDs),
-        // then the counts, told apart by `n` (-1 on key rows).
-        let mut algorithms: Vec<&str> = wanted.iter().map(|(a, _)| a.as_str()).collect();
-        algorithms.sort_unstable();
-        algorithms.dedup();
-        let mut p = Params::new(self.backend);
-        let mut parts = Vec::with_capacity(algorithms.len() + 1);
-        let mut ids_per_algorithm = Vec::with_capacity(algorithms.len());
-        for algorithm in &algorithms {
-            let ids: Vec<&str> = wanted
-                .iter()
-                .filter(|(a, _)| a == algorithm)
-                .map(|(_, k)| k.as_str())
-                .collect();
-            parts.push(format!(
-                "SELECT algorithm, key_id, key_json, -1 AS n FROM one_time_keys WHERE user_id = {} \
-                 AND device_id = {} AND algorithm = {} AND key_id IN ({})",
-                p.one(),
-                p.one(),
-                p.one(),
-                p.many(ids.len())
-            ));
-            ids_per_algorithm.push(ids);
-        }
-        parts.push(format!(
-            "SELECT algorithm, '' AS key_id, '' AS key_json, n FROM one_time_key_counts \
-             WHERE user_id = {} AND device_id = {} AND n > 0",
-            p.one(),
-            p.one()
-        ));
-        let sql = parts.join(" UNION ALL ");
-        let mut query = sqlx::query(AssertSqlSafe(sql));
-        for (algorithm, ids) in algorithms.iter().zip(&ids_per_algorithm) {
-            query = query
-                .bind(user_id.as_str())
-                .bind(device_id.as_str())
-                .bind(*algorithm);
-            for id in ids {
-                query = query.bind(*id);
-            }
-        }
-        let rows = query
-            .bind(user_id.as_str())
-            .bind(device_id.as_str())
-            .fetch_all(&self.read)
-            .await
-            .map_err(backend_err)?;
-        let mut held = OneTimeKeysHeld::default();
-        for row in &rows {
-            let n: i64 = get(row, "n")?;
-            if n < 0 {
-                held.existing.push(uploaded_key(row)?);
-            } else {
-                held.counts.insert(get(row, "algorithm")?, from_ms(n));
-            }
-        }
-        Ok(held)
-    }
-
     async fn fallback_keys(
         &self,
         user_id: &UserId,
@@ -146,7 +79,10 @@ impl KeyStore for SqlStore {
             .collect()
     }
 
-    async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
+    async fn write_keys(
+        &self,
+        write: &KeyWrite,
+    ) -> StoreResult<Result<BTreeMap<String, u64>, OneTimeKeyRefusal>> {
         match &self.writes {
             // SQLite: group commit with other uploads and claims (see `group_commit`), unless
             // the upload changes the device list or owes an announcement, which are rare.
@@ -155,8 +91,9 @@ impl KeyStore for SqlStore {
             }
             _ => {
                 let mut tx = self.begin().await?;
-                write_keys_in(&mut tx, write).await?;
-                tx.commit().await.map_err(backend_err)
+                let written = write_keys_in(&mut tx, write, self.backend).await?;
+                tx.commit().await.map_err(backend_err)?;
+                Ok(written)
             }
         }
     }
@@ -398,6 +335,57 @@ impl SyncStore for SqlStore {
     }
 }
 
+/// The statement that reads what a device holds of an upload's one-time keys, and its
+/// parameters. One statement (through sqlx each is a hop to the connection's thread): the named
+/// keys, one indexed lookup per algorithm (uploads rarely mix them; the unique index is (user,
+/// device, algorithm, key_id), so the algorithm must be fixed to reach the key IDs), then the
+/// counts, told apart by `n` (-1 on key rows). Rows are read by [`held_from_rows`].
+pub(crate) fn held_one_time_keys_query(backend: Backend, write: &KeyWrite) -> (String, Vec<&str>) {
+    let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+    let mut p = Params::new(backend);
+    let mut parts = Vec::new();
+    let mut params = Vec::new();
+    for (algorithm, keys) in one_time_keys_per_algorithm(&write.one_time_keys) {
+        parts.push(format!(
+            "SELECT algorithm, key_id, key_json, -1 AS n FROM one_time_keys WHERE user_id = {} \
+             AND device_id = {} AND algorithm = {} AND key_id IN ({})",
+            p.one(),
+            p.one(),
+            p.one(),
+            p.many(keys.len())
+        ));
+        params.extend([user, device, algorithm]);
+        params.extend(keys.iter().map(|k| k.key_id.as_str()));
+    }
+    parts.push(format!(
+        "SELECT algorithm, '' AS key_id, '' AS key_json, n FROM one_time_key_counts \
+         WHERE user_id = {} AND device_id = {} AND n > 0",
+        p.one(),
+        p.one()
+    ));
+    params.extend([user, device]);
+    (parts.join(" UNION ALL "), params)
+}
+
+/// What [`held_one_time_keys_query`] read: (algorithm, key ID, key JSON, count) rows.
+pub(crate) fn held_from_rows(
+    rows: impl IntoIterator<Item = (String, String, String, i64)>,
+) -> StoreResult<OneTimeKeysHeld> {
+    let mut held = OneTimeKeysHeld::default();
+    for (algorithm, key_id, json, n) in rows {
+        if n < 0 {
+            held.existing.push(UploadedKey {
+                algorithm,
+                key_id,
+                key: raw_json(json)?,
+            });
+        } else {
+            held.counts.insert(algorithm, from_ms(n));
+        }
+    }
+    Ok(held)
+}
+
 /// Takes the oldest one-time key of a device and algorithm; `$lock` is PostgreSQL's row lock.
 macro_rules! take_one_time_key {
     ($lock:literal) => {
@@ -449,15 +437,33 @@ pub(crate) fn insert_one_time_keys_sql(backend: Backend, rows: usize) -> String 
     )
 }
 
-/// An upload's one-time keys as one insert per algorithm, in chunks far below SQLite's 32766
-/// parameters.
-pub(crate) fn one_time_key_chunks(keys: &[UploadedKey]) -> Vec<(&str, Vec<&UploadedKey>)> {
-    let mut algorithms: Vec<&str> = keys.iter().map(|k| k.algorithm.as_str()).collect();
+/// Keys grouped per algorithm, in upload order within each.
+fn one_time_keys_per_algorithm<K: std::borrow::Borrow<UploadedKey>>(
+    keys: &[K],
+) -> Vec<(&str, Vec<&UploadedKey>)> {
+    let mut algorithms: Vec<&str> = keys.iter().map(|k| k.borrow().algorithm.as_str()).collect();
     algorithms.sort_unstable();
     algorithms.dedup();
+    algorithms
+        .into_iter()
+        .map(|algorithm| {
+            let of = keys
+                .iter()
+                .map(|k| k.borrow())
+                .filter(|k| k.algorithm == algorithm)
+                .collect();
+            (algorithm, of)
+        })
+        .collect()
+}
+
+/// New one-time keys as one insert per algorithm, in chunks far below SQLite's 32766
+/// parameters.
+pub(crate) fn one_time_key_chunks<'a>(
+    keys: &'a [&'a UploadedKey],
+) -> Vec<(&'a str, Vec<&'a UploadedKey>)> {
     let mut chunks = Vec::new();
-    for algorithm in algorithms {
-        let of: Vec<&UploadedKey> = keys.iter().filter(|k| k.algorithm == algorithm).collect();
+    for (algorithm, of) in one_time_keys_per_algorithm(keys) {
         chunks.extend(of.chunks(1000).map(|chunk| (algorithm, chunk.to_vec())));
     }
     chunks
@@ -489,8 +495,43 @@ async fn claim_one(
 }
 
 /// Writes a key upload with `conn`, inside a transaction the caller commits.
-async fn write_keys_in(conn: &mut sqlx::AnyConnection, write: &KeyWrite) -> StoreResult<()> {
+async fn write_keys_in(
+    conn: &mut sqlx::AnyConnection,
+    write: &KeyWrite,
+    backend: Backend,
+) -> StoreResult<Result<BTreeMap<String, u64>, OneTimeKeyRefusal>> {
     let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+    if backend == Backend::Postgres {
+        // Uploads of one device take turns, so that what they read below stays true until
+        // they commit (SQLite's writes take turns already).
+        sqlx::query("SELECT 1 FROM devices WHERE user_id = $1 AND device_id = $2 FOR UPDATE")
+            .bind(user)
+            .bind(device)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend_err)?;
+    }
+    let (sql, params) = held_one_time_keys_query(backend, write);
+    let mut query = sqlx::query(AssertSqlSafe(sql));
+    for param in params {
+        query = query.bind(param);
+    }
+    let rows = query.fetch_all(&mut *conn).await.map_err(backend_err)?;
+    let rows = rows
+        .iter()
+        .map(|row| {
+            Ok((
+                get(row, "algorithm")?,
+                get(row, "key_id")?,
+                get(row, "key_json")?,
+                get(row, "n")?,
+            ))
+        })
+        .collect::<StoreResult<Vec<_>>>()?;
+    let new = match write.new_one_time_keys(&held_from_rows(rows)?) {
+        Ok(new) => new,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     if let Some(keys) = &write.device_keys {
         sqlx::query(
             "INSERT INTO device_keys (user_id, device_id, key_json) VALUES ($1, $2, $3) \
@@ -509,12 +550,8 @@ async fn write_keys_in(conn: &mut sqlx::AnyConnection, write: &KeyWrite) -> Stor
     }
     // The count grows by the rows actually inserted; a trigger does the same for deletions,
     // which come from several places (claims, device deletion).
-    let backend = match conn.backend_name() {
-        "PostgreSQL" => Backend::Postgres,
-        _ => Backend::Sqlite,
-    };
     let mut inserted: BTreeMap<&str, u64> = BTreeMap::new();
-    for (algorithm, chunk) in one_time_key_chunks(&write.one_time_keys) {
+    for (algorithm, chunk) in one_time_key_chunks(&new.keys) {
         let sql = insert_one_time_keys_sql(backend, chunk.len());
         let mut query = sqlx::query(AssertSqlSafe(sql));
         for key in chunk {
@@ -561,5 +598,5 @@ async fn write_keys_in(conn: &mut sqlx::AnyConnection, write: &KeyWrite) -> Stor
             .await
             .map_err(backend_err)?;
     }
-    Ok(())
+    Ok(Ok(new.counts))
 }

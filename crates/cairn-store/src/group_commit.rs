@@ -23,7 +23,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use cairn_core::store::{KeyClaim, KeyWrite, StoreError, StoreResult, UploadedKey};
+use cairn_core::store::{
+    KeyClaim, KeyWrite, OneTimeKeyRefusal, StoreError, StoreResult, UploadedKey,
+};
 use rusqlite::{OptionalExtension, params_from_iter};
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
@@ -34,54 +36,62 @@ use crate::{Backend, SQLITE_BUSY_TIMEOUT_MS};
 /// Most requests committed together.
 const MAX_BATCH: usize = 256;
 
+/// An upload's outcome: the device's counts, or why nothing was written.
+type Written = Result<BTreeMap<String, u64>, OneTimeKeyRefusal>;
+
 /// One queued write and where its answer goes.
-enum Job {
-    Claim(
-        Vec<KeyClaim>,
-        oneshot::Sender<StoreResult<Vec<Option<UploadedKey>>>>,
-    ),
-    WriteKeys(Box<KeyWrite>, oneshot::Sender<StoreResult<()>>),
+struct Job {
+    work: Work,
+    reply: Reply,
+}
+
+enum Work {
+    Claim(Vec<KeyClaim>),
+    WriteKeys(Box<KeyWrite>),
+}
+
+enum Reply {
+    Claim(oneshot::Sender<StoreResult<Vec<Option<UploadedKey>>>>),
+    WriteKeys(oneshot::Sender<StoreResult<Written>>),
+}
+
+/// What one job produced.
+enum Output {
+    Claimed(Vec<Option<UploadedKey>>),
+    Written(Written),
 }
 
 /// A job's outcome, ready to be sent once its transaction has committed (or failed).
-enum Done {
-    Claim(
-        oneshot::Sender<StoreResult<Vec<Option<UploadedKey>>>>,
-        StoreResult<Vec<Option<UploadedKey>>>,
-    ),
-    WriteKeys(oneshot::Sender<StoreResult<()>>, StoreResult<()>),
-}
+struct Done(Reply, StoreResult<Output>);
 
 impl Done {
     fn send(self) {
+        // The output always matches the reply (both come from one job); a mismatch would
+        // drop the reply, which its caller sees as an error.
         match self {
-            Done::Claim(reply, result) => drop(reply.send(result)),
-            Done::WriteKeys(reply, result) => drop(reply.send(result)),
+            Done(Reply::Claim(reply), Ok(Output::Claimed(keys))) => drop(reply.send(Ok(keys))),
+            Done(Reply::WriteKeys(reply), Ok(Output::Written(written))) => {
+                drop(reply.send(Ok(written)))
+            }
+            Done(reply, Err(err)) => reply.fail(err),
+            Done(_, Ok(_)) => {}
         }
     }
 
     /// The commit may not have reached the disk: the job is not acknowledged.
     fn fail(self, message: &str) {
-        let err = || StoreError::Backend(message.to_owned());
-        match self {
-            Done::Claim(reply, _) => drop(reply.send(Err(err()))),
-            Done::WriteKeys(reply, _) => drop(reply.send(Err(err()))),
-        }
+        self.0.fail(StoreError::Backend(message.to_owned()));
     }
 }
 
-impl Job {
-    /// Pairs the job's reply channel with its outcome.
-    fn done(self, result: StoreResult<Output>) -> Done {
+impl Reply {
+    fn fail(self, err: StoreError) {
         match self {
-            Job::Claim(_, reply) => Done::Claim(reply, result),
-            Job::WriteKeys(_, reply) => Done::WriteKeys(reply, result.map(drop)),
+            Reply::Claim(reply) => drop(reply.send(Err(err))),
+            Reply::WriteKeys(reply) => drop(reply.send(Err(err))),
         }
     }
 }
-
-/// What one job produced: claimed keys, or nothing for an upload.
-type Output = Vec<Option<UploadedKey>>;
 
 /// Makes everything committed to the write-ahead log so far durable. The log is opened by path
 /// each time, so the sync reaches the file SQLite is writing even if it was ever recreated.
@@ -138,7 +148,7 @@ impl WriteBatcher {
                     Err(err) => {
                         let message = format!("the write lock is gone: {err}");
                         for job in batch {
-                            job.done(Ok(Vec::new())).fail(&message);
+                            job.reply.fail(StoreError::Backend(message.clone()));
                         }
                         continue;
                     }
@@ -180,16 +190,22 @@ impl WriteBatcher {
         claims: Vec<KeyClaim>,
     ) -> StoreResult<Vec<Option<UploadedKey>>> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Claim(claims, reply))?;
+        self.submit(Job {
+            work: Work::Claim(claims),
+            reply: Reply::Claim(reply),
+        })?;
         answer.await.map_err(|_| stopped())?
     }
 
     /// Writes an upload, returning after the batch holding it has committed. Device keys and
     /// owed announcements are not written here (see `e2ee::write_keys_in`).
-    pub(crate) async fn write_keys(&self, write: KeyWrite) -> StoreResult<()> {
+    pub(crate) async fn write_keys(&self, write: KeyWrite) -> StoreResult<Written> {
         debug_assert!(write.device_keys.is_none() && !write.owes_update);
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::WriteKeys(Box::new(write), reply))?;
+        self.submit(Job {
+            work: Work::WriteKeys(Box::new(write)),
+            reply: Reply::WriteKeys(reply),
+        })?;
         answer.await.map_err(|_| stopped())?
     }
 
@@ -216,7 +232,7 @@ fn run(conn: &mut rusqlite::Connection, batch: Vec<Job>) -> Vec<Done> {
                 return batch
                     .into_iter()
                     .zip(results)
-                    .map(|(job, result)| job.done(Ok(result)))
+                    .map(|(job, result)| Done(job.reply, Ok(result)))
                     .collect();
             }
             Err(err) => tracing::warn!(%err, "a grouped key write failed; retrying one by one"),
@@ -226,7 +242,7 @@ fn run(conn: &mut rusqlite::Connection, batch: Vec<Job>) -> Vec<Done> {
         .into_iter()
         .map(|job| {
             let result = run_together(conn, std::slice::from_ref(&job));
-            job.done(result.map(|mut r| r.remove(0)))
+            Done(job.reply, result.map(|mut r| r.remove(0)))
         })
         .collect()
 }
@@ -258,9 +274,13 @@ fn run_together(conn: &mut rusqlite::Connection, jobs: &[Job]) -> StoreResult<Ve
 }
 
 fn run_job(conn: &rusqlite::Connection, job: &Job) -> StoreResult<Output> {
-    match job {
-        Job::Claim(claims, _) => claims.iter().map(|claim| claim_one(conn, claim)).collect(),
-        Job::WriteKeys(write, _) => write_keys(conn, write).map(|()| Vec::new()),
+    match &job.work {
+        Work::Claim(claims) => claims
+            .iter()
+            .map(|claim| claim_one(conn, claim))
+            .collect::<StoreResult<_>>()
+            .map(Output::Claimed),
+        Work::WriteKeys(write) => write_keys(conn, write).map(Output::Written),
     }
 }
 
@@ -296,11 +316,25 @@ fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Optio
 }
 
 /// Writes an upload's one-time keys, fallback keys and opt-in (the same rows as
-/// `e2ee::write_keys_in`).
-fn write_keys(conn: &rusqlite::Connection, write: &KeyWrite) -> StoreResult<()> {
+/// `e2ee::write_keys_in`), after checking its one-time keys against what the device holds.
+fn write_keys(conn: &rusqlite::Connection, write: &KeyWrite) -> StoreResult<Written> {
     let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
+    let (sql, params) = e2ee::held_one_time_keys_query(Backend::Sqlite, write);
+    let rows = conn
+        .prepare_cached(&sql)
+        .and_then(|mut read| {
+            read.query_map(params_from_iter(params), |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()
+        })
+        .map_err(sqlite_err)?;
+    let new = match write.new_one_time_keys(&e2ee::held_from_rows(rows)?) {
+        Ok(new) => new,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
     let mut inserted: BTreeMap<&str, usize> = BTreeMap::new();
-    for (algorithm, chunk) in e2ee::one_time_key_chunks(&write.one_time_keys) {
+    for (algorithm, chunk) in e2ee::one_time_key_chunks(&new.keys) {
         let sql = e2ee::insert_one_time_keys_sql(Backend::Sqlite, chunk.len());
         let params = chunk
             .iter()
@@ -328,7 +362,7 @@ fn write_keys(conn: &rusqlite::Connection, write: &KeyWrite) -> StoreResult<()> 
             .and_then(|mut set| set.execute((i64::from(eager), user, device)))
             .map_err(sqlite_err)?;
     }
-    Ok(())
+    Ok(Ok(new.counts))
 }
 
 #[cfg(test)]

@@ -16,15 +16,13 @@ use serde_json::{Map, Value};
 
 use super::SIGNED_CURVE25519;
 use super::remote::PerServer;
+pub use super::upload_rules::MAX_ONE_TIME_KEYS_PER_DEVICE;
+use super::upload_rules::same_json;
 use crate::Homeserver;
 use crate::accounts::Requester;
 use crate::error::{Error, ErrorKind, Result};
-use crate::store::{KeyClaim, KeyUsage, KeyWrite, UploadedKey};
+use crate::store::{KeyClaim, KeyUsage, KeyWrite, OneTimeKeyRefusal, UploadedKey};
 use crate::stream::SyncToken;
-
-/// Most unclaimed one-time keys a device may hold. vodozemac keeps at most 5000 private
-/// one-time keys, so a server holding more would hand out keys the client has forgotten.
-pub const MAX_ONE_TIME_KEYS_PER_DEVICE: u64 = 5000;
 
 /// The body of `POST /keys/upload`.
 #[derive(Debug, Default, Deserialize)]
@@ -155,53 +153,8 @@ impl Homeserver {
             }
         };
 
-        let uploaded_otks = split_key_ids(req.one_time_keys)?;
-        let wanted: Vec<_> = uploaded_otks
-            .iter()
-            .map(|k| (k.algorithm.clone(), k.key_id.clone()))
-            .collect();
-        let held = store
-            .one_time_keys_held(&me.user_id, &me.device_id, &wanted)
-            .await?;
-        let existing = held.existing;
-        let mut one_time_keys = Vec::new();
-        for key in uploaded_otks {
-            match existing
-                .iter()
-                .find(|e| e.algorithm == key.algorithm && e.key_id == key.key_id)
-            {
-                Some(old) if same_json(&old.key, &key.key, true) => {}
-                Some(old) => {
-                    // rust-sdk recognises this wording and recovers from the conflict.
-                    return Err(Error::new(
-                        ErrorKind::Unknown,
-                        format!(
-                            "One time key {}:{} already exists. Old key: {}; new key: {}",
-                            key.algorithm,
-                            key.key_id,
-                            old.key.get(),
-                            key.key.get()
-                        ),
-                    ));
-                }
-                None => one_time_keys.push(key),
-            }
-        }
-        // Counted once: the answer is what was held plus what this upload adds.
-        let mut counts = held.counts;
-        let held: u64 = counts.values().sum();
-        if held + one_time_keys.len() as u64 > MAX_ONE_TIME_KEYS_PER_DEVICE {
-            return Err(Error::new(
-                ErrorKind::InvalidParam,
-                format!(
-                    "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
-                ),
-            ));
-        }
-        for key in &one_time_keys {
-            *counts.entry(key.algorithm.clone()).or_insert(0) += 1;
-        }
-        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
+        // Checked against what the device holds by the store, inside the write's transaction.
+        let one_time_keys = split_key_ids(req.one_time_keys)?;
 
         let uploaded_fallbacks = split_key_ids(req.fallback_keys)?;
         for (i, key) in uploaded_fallbacks.iter().enumerate() {
@@ -245,13 +198,18 @@ impl Homeserver {
             owes_update: false,
         };
         write.owes_update = self.upload_owes_update(&write).await?;
-        if write.device_keys.is_some()
+        let mut counts = if write.device_keys.is_some()
             || !write.one_time_keys.is_empty()
             || !write.fallback_keys.is_empty()
             || write.eager_share_fallback_keys.is_some()
         {
-            store.write_keys(&write).await?;
-        }
+            store.write_keys(&write).await?.map_err(refusal_error)?
+        } else {
+            store
+                .one_time_key_counts(&me.user_id, &me.device_id)
+                .await?
+        };
+        counts.entry(SIGNED_CURVE25519.to_owned()).or_insert(0);
         if changed_device_keys {
             self.notify_device_list_change(&me.user_id).await?;
         } else if write.owes_update {
@@ -550,27 +508,26 @@ fn split_key_ids(keys: BTreeMap<String, Box<RawValue>>) -> Result<Vec<UploadedKe
         .collect()
 }
 
-/// Whether two JSON values are the same, optionally ignoring a top-level `signatures` field
-/// (a re-signed one-time key is still the same key).
-fn same_json(a: &RawValue, b: &RawValue, ignore_signatures: bool) -> bool {
-    if a.get() == b.get() {
-        return true;
-    }
-    match (
-        serde_json::from_str::<Value>(a.get()),
-        serde_json::from_str::<Value>(b.get()),
-    ) {
-        (Ok(mut a), Ok(mut b)) => {
-            if ignore_signatures {
-                for v in [&mut a, &mut b] {
-                    if let Value::Object(map) = v {
-                        map.remove("signatures");
-                    }
-                }
-            }
-            a == b
-        }
-        _ => false,
+/// The Matrix error for a refused upload.
+fn refusal_error(refusal: OneTimeKeyRefusal) -> Error {
+    match refusal {
+        // rust-sdk recognises this wording and recovers from the conflict.
+        OneTimeKeyRefusal::Changed { old, new } => Error::new(
+            ErrorKind::Unknown,
+            format!(
+                "One time key {}:{} already exists. Old key: {}; new key: {}",
+                new.algorithm,
+                new.key_id,
+                old.key.get(),
+                new.key.get()
+            ),
+        ),
+        OneTimeKeyRefusal::TooMany => Error::new(
+            ErrorKind::InvalidParam,
+            format!(
+                "A device may hold at most {MAX_ONE_TIME_KEYS_PER_DEVICE} unclaimed one-time keys"
+            ),
+        ),
     }
 }
 

@@ -11,6 +11,7 @@ pub mod remote;
 pub mod remote_lists;
 pub mod served;
 pub mod to_device;
+pub mod upload_rules;
 
 /// The one-time-key algorithm that clients use today; always reported, even at zero, because
 /// clients read a missing count as "unknown" and some then never upload keys.

@@ -6,7 +6,7 @@ use async_trait::async_trait;
 use ruma::{DeviceId, OwnedDeviceId, OwnedUserId, UserId};
 use serde_json::value::RawValue;
 
-use super::{MemoryStore, raw};
+use super::{MemoryStore, State, raw};
 use crate::store::*;
 
 fn key(algorithm: &str, key_id: &str, json: &str) -> UploadedKey {
@@ -15,6 +15,17 @@ fn key(algorithm: &str, key_id: &str, json: &str) -> UploadedKey {
         key_id: key_id.to_owned(),
         key: raw(json),
     }
+}
+
+/// Unclaimed one-time keys of a device, per algorithm.
+fn otk_counts(state: &State, user_id: &UserId, device_id: &DeviceId) -> BTreeMap<String, u64> {
+    let mut counts = BTreeMap::new();
+    for (u, d, alg, _) in state.one_time_keys.keys() {
+        if u == user_id && d == device_id {
+            *counts.entry(alg.clone()).or_insert(0) += 1;
+        }
+    }
+    counts
 }
 
 #[async_trait]
@@ -29,27 +40,6 @@ impl KeyStore for MemoryStore {
             .device_keys
             .get(&(user_id.to_owned(), device_id.to_owned()))
             .map(|s| raw(s)))
-    }
-
-    async fn one_time_keys_held(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        wanted: &[(String, String)],
-    ) -> StoreResult<OneTimeKeysHeld> {
-        let existing = self
-            .state()
-            .one_time_keys
-            .iter()
-            .filter(|((u, d, alg, _), (id, _))| {
-                u == user_id && d == device_id && wanted.iter().any(|(a, k)| a == alg && k == id)
-            })
-            .map(|((_, _, alg, _), (id, json))| key(alg, id, json))
-            .collect();
-        Ok(OneTimeKeysHeld {
-            existing,
-            counts: self.one_time_key_counts(user_id, device_id).await?,
-        })
     }
 
     async fn fallback_keys(
@@ -69,9 +59,29 @@ impl KeyStore for MemoryStore {
             .collect())
     }
 
-    async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()> {
+    async fn write_keys(
+        &self,
+        write: &KeyWrite,
+    ) -> StoreResult<Result<BTreeMap<String, u64>, OneTimeKeyRefusal>> {
         let mut state = self.state();
+        let counts = otk_counts(&state, &write.user_id, &write.device_id);
         let device = (write.user_id.clone(), write.device_id.clone());
+        let existing = state
+            .one_time_keys
+            .iter()
+            .filter(|((u, d, alg, _), (id, _))| {
+                (u, d) == (&device.0, &device.1)
+                    && write
+                        .one_time_keys
+                        .iter()
+                        .any(|k| &k.algorithm == alg && &k.key_id == id)
+            })
+            .map(|((_, _, alg, _), (id, json))| key(alg, id, json))
+            .collect();
+        let new = match write.new_one_time_keys(&OneTimeKeysHeld { existing, counts }) {
+            Ok(new) => new,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
         if let Some(keys) = &write.device_keys {
             state
                 .device_keys
@@ -80,7 +90,7 @@ impl KeyStore for MemoryStore {
         } else if write.owes_update {
             state.owe_update(&write.user_id, write.device_id.as_str());
         }
-        for k in &write.one_time_keys {
+        for k in new.keys {
             state.next_otk += 1;
             let seq = state.next_otk;
             state.one_time_keys.insert(
@@ -97,7 +107,7 @@ impl KeyStore for MemoryStore {
         if let Some(eager) = write.eager_share_fallback_keys {
             state.eager.insert(device, eager);
         }
-        Ok(())
+        Ok(Ok(new.counts))
     }
 
     async fn one_time_key_counts(
@@ -105,13 +115,7 @@ impl KeyStore for MemoryStore {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> StoreResult<BTreeMap<String, u64>> {
-        let mut counts = BTreeMap::new();
-        for (u, d, alg, _) in self.state().one_time_keys.keys() {
-            if u == user_id && d == device_id {
-                *counts.entry(alg.clone()).or_insert(0) += 1;
-            }
-        }
-        Ok(counts)
+        Ok(otk_counts(&self.state(), user_id, device_id))
     }
 
     async fn claim_keys(&self, claims: &[KeyClaim]) -> StoreResult<Vec<Option<UploadedKey>>> {

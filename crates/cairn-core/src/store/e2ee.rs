@@ -24,7 +24,8 @@ pub struct UploadedKey {
     pub key: Box<RawValue>,
 }
 
-/// What a device holds of the one-time keys an upload names, read in one go.
+/// What a device holds of the one-time keys an upload names, read inside the upload's
+/// transaction (see [`KeyWrite::new_one_time_keys`]).
 #[derive(Debug, Clone, Default)]
 pub struct OneTimeKeysHeld {
     /// Those of the named keys (by algorithm and key ID) that are stored.
@@ -51,7 +52,8 @@ pub struct KeyWrite {
     pub device_id: OwnedDeviceId,
     /// New or changed device keys (a device-list change).
     pub device_keys: Option<Box<RawValue>>,
-    /// One-time keys not stored yet.
+    /// One-time keys as uploaded; the store adds those that
+    /// [`KeyWrite::new_one_time_keys`] finds new.
     pub one_time_keys: Vec<UploadedKey>,
     /// Fallback keys that replace the stored one of their algorithm (stored unused).
     pub fallback_keys: Vec<UploadedKey>,
@@ -60,6 +62,20 @@ pub struct KeyWrite {
     /// Other servers are owed an update of the device although its device keys did not change
     /// (its shared fallback keys did). Such an update is not a local device-list change.
     pub owes_update: bool,
+}
+
+/// Why an upload was refused; nothing of it was written.
+#[derive(Debug, Clone)]
+pub enum OneTimeKeyRefusal {
+    /// The device holds a different key under one of the uploaded key IDs.
+    Changed {
+        /// The key held.
+        old: Box<UploadedKey>,
+        /// The key uploaded under its ID.
+        new: Box<UploadedKey>,
+    },
+    /// The device would hold more one-time keys than allowed.
+    TooMany,
 }
 
 /// One key claim: a device and the algorithm wanted.
@@ -123,22 +139,20 @@ pub trait KeyStore: Send + Sync {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> StoreResult<Option<Box<RawValue>>>;
-    /// Those of the given one-time keys (by algorithm and key ID) that are stored, and the
-    /// device's counts: what an upload checks before it writes, in one read.
-    async fn one_time_keys_held(
-        &self,
-        user_id: &UserId,
-        device_id: &DeviceId,
-        wanted: &[(String, String)],
-    ) -> StoreResult<OneTimeKeysHeld>;
     /// The device's fallback keys, one per algorithm.
     async fn fallback_keys(
         &self,
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> StoreResult<Vec<StoredFallbackKey>>;
-    /// Writes an upload in one transaction; new device keys record a device-list change.
-    async fn write_keys(&self, write: &KeyWrite) -> StoreResult<()>;
+    /// Writes an upload in one transaction; new device keys record a device-list change. Inside
+    /// that transaction it reads what the device holds of the uploaded one-time keys and adds
+    /// those [`KeyWrite::new_one_time_keys`] finds new; if that refuses them, nothing is
+    /// written. Returns the device's one-time key counts after the write (absent when zero).
+    async fn write_keys(
+        &self,
+        write: &KeyWrite,
+    ) -> StoreResult<Result<BTreeMap<String, u64>, OneTimeKeyRefusal>>;
     /// Unclaimed one-time keys of the device, counted per algorithm (absent when zero).
     async fn one_time_key_counts(
         &self,

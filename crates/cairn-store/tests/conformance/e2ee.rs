@@ -71,7 +71,7 @@ pub(crate) async fn keys_are_written_and_read_back_exactly(h: &Harness) {
     );
     w.device_keys = Some(raw(device_keys));
     w.eager_share_fallback_keys = Some(true);
-    s.write_keys(&w).await.unwrap();
+    s.write_keys(&w).await.unwrap().unwrap();
 
     assert_eq!(
         s.device_keys(alice(), "D1".into())
@@ -81,36 +81,25 @@ pub(crate) async fn keys_are_written_and_read_back_exactly(h: &Harness) {
             .get(),
         device_keys
     );
-    // Writing the same keys again stores nothing new, so the counts stay.
-    s.write_keys(&w).await.unwrap();
+    // Writing the same keys again (one re-signed) stores nothing new: the counts stay.
+    w.one_time_keys[0] = key(
+        "signed_curve25519",
+        "A",
+        r#"{"signatures":{"x":{}},"key":"a"}"#,
+    );
+    let counts = s.write_keys(&w).await.unwrap().unwrap();
+    let expected = vec![("other".into(), 1), ("signed_curve25519".into(), 1)];
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), expected);
     let counts = s.one_time_key_counts(alice(), "D1".into()).await.unwrap();
+    assert_eq!(counts.into_iter().collect::<Vec<_>>(), expected);
+    let claimed = s.claim_keys(&[claim("signed_curve25519")]).await.unwrap();
     assert_eq!(
-        counts.into_iter().collect::<Vec<_>>(),
-        vec![("other".into(), 1), ("signed_curve25519".into(), 1)]
+        ids(&claimed),
+        [Some(
+            r#"signed_curve25519:A={"key":"a", "signatures":{}}"#.into()
+        )],
+        "the key first stored stays, byte for byte"
     );
-    let wanted = [
-        ("signed_curve25519".to_owned(), "A".to_owned()),
-        ("signed_curve25519".to_owned(), "Z".to_owned()),
-    ];
-    let held = s
-        .one_time_keys_held(alice(), "D1".into(), &wanted)
-        .await
-        .unwrap();
-    assert_eq!(held.existing.len(), 1);
-    assert_eq!(
-        held.existing[0].key.get(),
-        r#"{"key":"a", "signatures":{}}"#
-    );
-    assert_eq!(
-        held.counts.into_iter().collect::<Vec<_>>(),
-        vec![("other".into(), 1), ("signed_curve25519".into(), 1)]
-    );
-    let nothing_named = s
-        .one_time_keys_held(alice(), "D1".into(), &[])
-        .await
-        .unwrap();
-    assert!(nothing_named.existing.is_empty());
-    assert_eq!(nothing_named.counts.len(), 2);
     let fallbacks = s.fallback_keys(alice(), "D1".into()).await.unwrap();
     assert_eq!(
         (
@@ -146,6 +135,7 @@ pub(crate) async fn keys_are_written_and_read_back_exactly(h: &Harness) {
     // Writing only one-time keys leaves the opt-in and takes no position.
     s.write_keys(&write(vec![key("other", "C", r#""c""#)], vec![]))
         .await
+        .unwrap()
         .unwrap();
     assert_eq!(
         s.eager_share_fallback_keys(alice(), "D1".into())
@@ -160,12 +150,14 @@ pub(crate) async fn claims_take_one_time_keys_in_upload_order_then_the_fallback(
     let s = with_alice(h).await;
     s.write_keys(&write(vec![key("alg", "k9", r#""first""#)], vec![]))
         .await
+        .unwrap()
         .unwrap();
     s.write_keys(&write(
         vec![key("alg", "k1", r#""second""#)],
         vec![key("alg", "f", r#""fb""#)],
     ))
     .await
+    .unwrap()
     .unwrap();
     let got = s
         .claim_keys(&[claim("alg"), claim("alg"), claim("alg"), claim("none")])
@@ -190,6 +182,7 @@ pub(crate) async fn claims_take_one_time_keys_in_upload_order_then_the_fallback(
     // A replacement fallback key is unused again.
     s.write_keys(&write(vec![], vec![key("alg", "g", r#""fb2""#)]))
         .await
+        .unwrap()
         .unwrap();
     let fb = s.fallback_keys(alice(), "D1".into()).await.unwrap();
     assert_eq!((fb[0].key.key_id.as_str(), fb[0].used), ("g", false));
@@ -202,6 +195,7 @@ pub(crate) async fn concurrent_claims_never_hand_out_a_key_twice(h: &Harness) {
         .collect();
     s.write_keys(&write(otks, vec![key("alg", "f", r#""fb""#)]))
         .await
+        .unwrap()
         .unwrap();
     let store = Arc::new(s.clone());
     let tasks: Vec<_> = (0..20)
@@ -243,7 +237,7 @@ pub(crate) async fn deleting_a_device_deletes_its_keys_and_inbox(h: &Harness) {
         vec![key("alg", "f", r#""fb""#)],
     );
     w.device_keys = Some(raw("{}"));
-    s.write_keys(&w).await.unwrap();
+    s.write_keys(&w).await.unwrap().unwrap();
     let batch = ToDeviceBatch {
         sender: alice().to_owned(),
         sender_device: "D1".into(),
@@ -390,7 +384,11 @@ pub(crate) async fn concurrent_uploads_and_claims_all_land(h: &Harness) {
                 let keys = (0..10)
                     .map(|k| key("alg", &format!("t{t}k{k}"), &format!(r#""v{t}_{k}""#)))
                     .collect();
-                store.write_keys(&write(keys, vec![])).await.unwrap();
+                store
+                    .write_keys(&write(keys, vec![]))
+                    .await
+                    .unwrap()
+                    .unwrap();
             })
         })
         .collect();
@@ -422,5 +420,105 @@ pub(crate) async fn concurrent_uploads_and_claims_all_land(h: &Harness) {
     assert_eq!(
         s.one_time_key_counts(alice(), "D1".into()).await.unwrap()["alg"],
         180
+    );
+}
+
+pub(crate) async fn a_changed_one_time_key_refuses_the_whole_upload(h: &Harness) {
+    let s = with_alice(h).await;
+    s.write_keys(&write(vec![key("alg", "k1", r#""a""#)], vec![]))
+        .await
+        .unwrap()
+        .unwrap();
+    let before = s.current_position().await.unwrap();
+    // With device keys (the ordinary path on SQLite) and without (the group commit).
+    let mut with_device_keys = write(
+        vec![key("alg", "k2", r#""b""#), key("alg", "k1", r#""changed""#)],
+        vec![key("alg", "f", r#""fb""#)],
+    );
+    with_device_keys.device_keys = Some(raw("{}"));
+    with_device_keys.eager_share_fallback_keys = Some(true);
+    let mut keys_only = with_device_keys.clone();
+    keys_only.device_keys = None;
+    for upload in [with_device_keys, keys_only] {
+        match s.write_keys(&upload).await.unwrap() {
+            Err(OneTimeKeyRefusal::Changed { old, new }) => assert_eq!(
+                (old.key_id.as_str(), old.key.get(), new.key.get()),
+                ("k1", r#""a""#, r#""changed""#)
+            ),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+    }
+    let counts = s.one_time_key_counts(alice(), "D1".into()).await.unwrap();
+    assert_eq!(counts["alg"], 1, "k2 was not stored");
+    assert!(
+        s.fallback_keys(alice(), "D1".into())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(s.device_keys(alice(), "D1".into()).await.unwrap().is_none());
+    assert_eq!(
+        s.eager_share_fallback_keys(alice(), "D1".into())
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(s.current_position().await.unwrap(), before);
+}
+
+/// Uploads of one device that run at once are checked against each other's keys: one key ID
+/// gets one key, and the cap holds.
+pub(crate) async fn concurrent_uploads_of_one_device_are_checked_together(h: &Harness) {
+    let s = with_alice(h).await;
+    let store = Arc::new(s.clone());
+    let same_id: Vec<_> = (0..8)
+        .map(|i| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let upload = write(vec![key("alg", "k", &format!(r#""v{i}""#))], vec![]);
+                store.write_keys(&upload).await.unwrap()
+            })
+        })
+        .collect();
+    let mut stored = 0;
+    for task in same_id {
+        match task.await.unwrap() {
+            Ok(_) => stored += 1,
+            Err(OneTimeKeyRefusal::Changed { .. }) => {}
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!(
+        stored, 1,
+        "one upload stored its key under k, the others were refused"
+    );
+
+    // 20 uploads of 300 keys: 16 fit under the cap of 5000 (with k), the other 4 do not.
+    let many: Vec<_> = (0..20)
+        .map(|t| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let keys = (0..300)
+                    .map(|k| key("alg", &format!("t{t}k{k}"), r#""v""#))
+                    .collect();
+                store.write_keys(&write(keys, vec![])).await.unwrap()
+            })
+        })
+        .collect();
+    let (mut fitted, mut refused) = (0, 0);
+    for task in many {
+        match task.await.unwrap() {
+            Ok(counts) => {
+                assert!(counts["alg"] <= cairn_core::e2ee::keys::MAX_ONE_TIME_KEYS_PER_DEVICE);
+                fitted += 1;
+            }
+            Err(OneTimeKeyRefusal::TooMany) => refused += 1,
+            Err(other) => panic!("unexpected refusal {other:?}"),
+        }
+    }
+    assert_eq!((fitted, refused), (16, 4));
+    assert_eq!(
+        s.one_time_key_counts(alice(), "D1".into()).await.unwrap()["alg"],
+        4801
     );
 }

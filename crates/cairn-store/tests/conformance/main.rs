@@ -74,6 +74,8 @@ conformance!(
     claims_take_one_time_keys_in_upload_order_then_the_fallback,
     concurrent_claims_never_hand_out_a_key_twice,
     concurrent_uploads_and_claims_all_land,
+    a_changed_one_time_key_refuses_the_whole_upload,
+    concurrent_uploads_of_one_device_are_checked_together,
     deleting_a_device_deletes_its_keys_and_inbox,
     to_device_batches_are_deduplicated_and_paged,
     positions_order_account_data_and_device_list_changes,

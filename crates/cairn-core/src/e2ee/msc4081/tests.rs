@@ -166,6 +166,7 @@ async fn uploads_owe_updates_only_when_what_is_shared_changes() {
     hs.store()
         .write_keys(&write(vec![fallback("A")], Some(true)))
         .await
+        .unwrap()
         .unwrap();
     assert!(
         owes(write(vec![fallback("B")], None)).await,
