@@ -103,14 +103,12 @@ impl KeyStore for SqlStore {
         user_id: &UserId,
         device_id: &DeviceId,
     ) -> StoreResult<BTreeMap<String, u64>> {
-        let rows = sqlx::query(
-            "SELECT algorithm, n FROM one_time_key_counts WHERE user_id = $1 AND device_id = $2 AND n > 0",
-        )
-        .bind(user_id.as_str())
-        .bind(device_id.as_str())
-        .fetch_all(&self.read)
-        .await
-        .map_err(backend_err)?;
+        let rows = sqlx::query(ONE_TIME_KEY_COUNTS)
+            .bind(user_id.as_str())
+            .bind(device_id.as_str())
+            .fetch_all(&self.read)
+            .await
+            .map_err(backend_err)?;
         rows.iter()
             .map(|row| Ok((get(row, "algorithm")?, from_ms(get(row, "n")?))))
             .collect()
@@ -405,6 +403,14 @@ pub(crate) const TAKE_ONE_TIME_KEY: &str = take_one_time_key!("");
 /// The same on PostgreSQL: concurrent claimers skip each other's locked rows, so no key is
 /// handed out twice.
 const TAKE_ONE_TIME_KEY_SKIP_LOCKED: &str = take_one_time_key!(" FOR UPDATE SKIP LOCKED");
+
+/// The unclaimed one-time keys of `$1`'s device `$2`, counted per algorithm (`algorithm, n`).
+pub(crate) const ONE_TIME_KEY_COUNTS: &str = "SELECT algorithm, n FROM one_time_key_counts \
+     WHERE user_id = $1 AND device_id = $2 AND n > 0";
+
+/// The stored key of `$1`'s device `$2` for algorithm `$3` and key ID `$4` (`key_json`).
+pub(crate) const ONE_TIME_KEY: &str = "SELECT key_json FROM one_time_keys \
+     WHERE user_id = $1 AND device_id = $2 AND algorithm = $3 AND key_id = $4";
 
 /// Marks the fallback key of `$1`'s device `$2` for algorithm `$3` used and returns it.
 pub(crate) const TAKE_FALLBACK_KEY: &str = "UPDATE fallback_keys SET used = 1 \

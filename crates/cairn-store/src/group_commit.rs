@@ -20,18 +20,18 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, LazyLock, Mutex, PoisonError};
 use std::time::Duration;
 
 use cairn_core::store::{
-    KeyClaim, KeyWrite, OneTimeKeyRefusal, StoreError, StoreResult, UploadedKey,
+    KeyClaim, KeyWrite, OneTimeKeyRefusal, OneTimeKeysHeld, StoreError, StoreResult, UploadedKey,
 };
-use rusqlite::{OptionalExtension, params_from_iter};
+use rusqlite::OptionalExtension;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::e2ee::{self, raw_json};
-use crate::{Backend, SQLITE_BUSY_TIMEOUT_MS};
+use crate::{Backend, SQLITE_BUSY_TIMEOUT_MS, from_ms};
 
 /// Most requests committed together.
 const MAX_BATCH: usize = 256;
@@ -222,6 +222,26 @@ fn sqlite_err(err: rusqlite::Error) -> StoreError {
     StoreError::Backend(err.to_string())
 }
 
+/// Why a job did not complete.
+enum Failure {
+    Store(StoreError),
+    /// An upload whose keys were refused after some were inserted: its transaction must be
+    /// rolled back, so inside a batch it fails the batch (see [`write_keys`]).
+    Refused(OneTimeKeyRefusal),
+}
+
+impl From<rusqlite::Error> for Failure {
+    fn from(err: rusqlite::Error) -> Self {
+        Failure::Store(sqlite_err(err))
+    }
+}
+
+impl From<StoreError> for Failure {
+    fn from(err: StoreError) -> Self {
+        Failure::Store(err)
+    }
+}
+
 /// Runs a batch in one transaction. If a job fails, the batch is rolled back and every job runs
 /// again in a transaction of its own, so that one bad job cannot fail the others; the jobs carry
 /// no savepoints of their own because a statement per savepoint costs more than the rare retry.
@@ -235,36 +255,40 @@ fn run(conn: &mut rusqlite::Connection, batch: Vec<Job>) -> Vec<Done> {
                     .map(|(job, result)| Done(job.reply, Ok(result)))
                     .collect();
             }
-            Err(err) => tracing::warn!(%err, "a grouped key write failed; retrying one by one"),
+            Err(Failure::Store(err)) => {
+                tracing::warn!(%err, "a grouped key write failed; retrying one by one")
+            }
+            // Refused again below, alone, with nothing written.
+            Err(Failure::Refused(_)) => {}
         }
     }
     batch
         .into_iter()
         .map(|job| {
-            let result = run_together(conn, std::slice::from_ref(&job));
-            Done(job.reply, result.map(|mut r| r.remove(0)))
+            let result = match run_together(conn, std::slice::from_ref(&job)) {
+                Ok(mut results) => Ok(results.remove(0)),
+                Err(Failure::Refused(refusal)) => Ok(Output::Written(Err(refusal))),
+                Err(Failure::Store(err)) => Err(err),
+            };
+            Done(job.reply, result)
         })
         .collect()
 }
 
 /// Runs `jobs` in one transaction; all of them commit or none.
-fn run_together(conn: &mut rusqlite::Connection, jobs: &[Job]) -> StoreResult<Vec<Output>> {
+fn run_together(conn: &mut rusqlite::Connection, jobs: &[Job]) -> Result<Vec<Output>, Failure> {
     // A panic in an earlier batch may have left its transaction open.
     if !conn.is_autocommit() {
-        conn.execute_batch("ROLLBACK").map_err(sqlite_err)?;
+        conn.execute_batch("ROLLBACK")?;
     }
-    conn.prepare_cached("BEGIN IMMEDIATE")
-        .and_then(|mut begin| begin.execute([]))
-        .map_err(sqlite_err)?;
+    conn.prepare_cached("BEGIN IMMEDIATE")?.execute([])?;
     let result = jobs
         .iter()
         .map(|job| run_job(conn, job))
-        .collect::<StoreResult<Vec<_>>>()
+        .collect::<Result<Vec<_>, _>>()
         .and_then(|results| {
-            conn.prepare_cached("COMMIT")
-                .and_then(|mut commit| commit.execute([]))
-                .map(|_| results)
-                .map_err(sqlite_err)
+            conn.prepare_cached("COMMIT")?.execute([])?;
+            Ok(results)
         });
     if result.is_err() && !conn.is_autocommit() {
         // Nothing of a failed batch stays.
@@ -273,14 +297,15 @@ fn run_together(conn: &mut rusqlite::Connection, jobs: &[Job]) -> StoreResult<Ve
     result
 }
 
-fn run_job(conn: &rusqlite::Connection, job: &Job) -> StoreResult<Output> {
+fn run_job(conn: &rusqlite::Connection, job: &Job) -> Result<Output, Failure> {
     match &job.work {
-        Work::Claim(claims) => claims
-            .iter()
-            .map(|claim| claim_one(conn, claim))
-            .collect::<StoreResult<_>>()
-            .map(Output::Claimed),
-        Work::WriteKeys(write) => write_keys(conn, write).map(Output::Written),
+        Work::Claim(claims) => Ok(Output::Claimed(
+            claims
+                .iter()
+                .map(|claim| claim_one(conn, claim))
+                .collect::<StoreResult<_>>()?,
+        )),
+        Work::WriteKeys(write) => write_keys(conn, write).map(|counts| Output::Written(Ok(counts))),
     }
 }
 
@@ -316,90 +341,166 @@ fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Optio
 }
 
 /// Writes an upload's one-time keys, fallback keys and opt-in (the same rows as
-/// `e2ee::write_keys_in`), after checking its one-time keys against what the device holds.
-fn write_keys(conn: &rusqlite::Connection, write: &KeyWrite) -> StoreResult<Written> {
+/// `e2ee::write_keys_in`) and returns the device's counts.
+///
+/// The keys are inserted first, one statement each, and only those whose ID was taken are read
+/// back: the insert's own uniqueness check is the lookup, where a read of every named key
+/// beforehand cost as much again. The rule then sees what the device held, as in
+/// `e2ee::write_keys_in`; if it refuses, the inserts must be undone, which is
+/// [`Failure::Refused`] (the batch is rolled back, and this job refused alone).
+fn write_keys(
+    conn: &rusqlite::Connection,
+    write: &KeyWrite,
+) -> Result<BTreeMap<String, u64>, Failure> {
+    static INSERT_ONE: LazyLock<String> =
+        LazyLock::new(|| e2ee::insert_one_time_keys_sql(Backend::Sqlite, 1));
     let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
-    let (sql, params) = e2ee::held_one_time_keys_query(Backend::Sqlite, write);
-    let rows = conn
-        .prepare_cached(&sql)
-        .and_then(|mut read| {
-            read.query_map(params_from_iter(params), |row| {
-                Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?))
-            })?
-            .collect::<Result<Vec<_>, _>>()
-        })
-        .map_err(sqlite_err)?;
-    let new = match write.new_one_time_keys(&e2ee::held_from_rows(rows)?) {
-        Ok(new) => new,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let mut inserted: BTreeMap<&str, usize> = BTreeMap::new();
-    for (algorithm, chunk) in e2ee::one_time_key_chunks(&new.keys) {
-        let sql = e2ee::insert_one_time_keys_sql(Backend::Sqlite, chunk.len());
-        let params = chunk
-            .iter()
-            .flat_map(|key| [user, device, algorithm, key.key_id.as_str(), key.key.get()]);
-        *inserted.entry(algorithm).or_default() += conn
-            .prepare_cached(&sql)
-            .and_then(|mut insert| insert.execute(params_from_iter(params)))
-            .map_err(sqlite_err)?;
+    let mut held = OneTimeKeysHeld::default();
+    let mut counts = conn.prepare_cached(e2ee::ONE_TIME_KEY_COUNTS)?;
+    let mut rows = counts.query((user, device))?;
+    while let Some(row) = rows.next()? {
+        held.counts.insert(row.get(0)?, from_ms(row.get(1)?));
     }
-    for (algorithm, n) in inserted.into_iter().filter(|&(_, n)| n > 0) {
-        let n = i64::try_from(n).unwrap_or(i64::MAX);
-        conn.prepare_cached(e2ee::ADD_ONE_TIME_KEY_COUNT)
-            .and_then(|mut add| add.execute((user, device, algorithm, n)))
-            .map_err(sqlite_err)?;
+    drop(rows);
+    let mut inserted: BTreeMap<&str, i64> = BTreeMap::new();
+    let mut insert = conn.prepare_cached(&INSERT_ONE)?;
+    for key in &write.one_time_keys {
+        let algorithm = key.algorithm.as_str();
+        let id = key.key_id.as_str();
+        if insert.execute((user, device, algorithm, id, key.key.get()))? == 1 {
+            *inserted.entry(algorithm).or_default() += 1;
+            continue;
+        }
+        let json: String = conn
+            .prepare_cached(e2ee::ONE_TIME_KEY)?
+            .query_row((user, device, algorithm, id), |row| row.get(0))?;
+        held.existing.push(UploadedKey {
+            algorithm: algorithm.to_owned(),
+            key_id: id.to_owned(),
+            key: raw_json(json)?,
+        });
+    }
+    let counts = write
+        .new_one_time_keys(&held)
+        .map_err(Failure::Refused)?
+        .counts;
+    for (algorithm, n) in inserted {
+        conn.prepare_cached(e2ee::ADD_ONE_TIME_KEY_COUNT)?
+            .execute((user, device, algorithm, n))?;
     }
     for key in &write.fallback_keys {
-        conn.prepare_cached(e2ee::PUT_FALLBACK_KEY)
-            .and_then(|mut put| {
-                put.execute((user, device, &key.algorithm, &key.key_id, key.key.get()))
-            })
-            .map_err(sqlite_err)?;
+        conn.prepare_cached(e2ee::PUT_FALLBACK_KEY)?.execute((
+            user,
+            device,
+            &key.algorithm,
+            &key.key_id,
+            key.key.get(),
+        ))?;
     }
     if let Some(eager) = write.eager_share_fallback_keys {
-        conn.prepare_cached(e2ee::SET_EAGER_SHARE)
-            .and_then(|mut set| set.execute((i64::from(eager), user, device)))
-            .map_err(sqlite_err)?;
+        conn.prepare_cached(e2ee::SET_EAGER_SHARE)?
+            .execute((i64::from(eager), user, device))?;
     }
-    Ok(Ok(new.counts))
+    Ok(counts)
 }
 
 #[cfg(test)]
 mod tests {
     use crate::{SqlStore, StoreOptions};
-    use cairn_core::store::{KeyStore, KeyWrite, UploadedKey};
+    use cairn_core::store::{KeyClaim, KeyStore, KeyWrite, OneTimeKeyRefusal, UploadedKey};
     use ruma::{device_id, user_id};
     use serde_json::value::RawValue;
     use sqlx::Executor;
 
-    fn upload(key_id: &str) -> KeyWrite {
+    /// An upload of keys named `id` or `id=value` (the value defaults to the ID).
+    fn upload_keys(keys: &[&str]) -> KeyWrite {
+        let one_time_keys = keys
+            .iter()
+            .map(|key| {
+                let (key_id, value) = key.split_once('=').unwrap_or((key, key));
+                UploadedKey {
+                    algorithm: "alg".into(),
+                    key_id: key_id.into(),
+                    key: RawValue::from_string(format!("\"{value}\"")).unwrap(),
+                }
+            })
+            .collect();
         KeyWrite {
             user_id: user_id!("@alice:example.org").to_owned(),
             device_id: device_id!("D1").to_owned(),
             device_keys: None,
-            one_time_keys: vec![UploadedKey {
-                algorithm: "alg".into(),
-                key_id: key_id.into(),
-                key: RawValue::from_string(format!("\"{key_id}\"")).unwrap(),
-            }],
+            one_time_keys,
             fallback_keys: vec![],
             eager_share_fallback_keys: None,
             owes_update: false,
         }
     }
 
-    /// A job that fails inside a batch fails alone; the jobs batched with it still commit.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_failing_job_does_not_fail_its_batch() {
-        let dir = tempfile::tempdir().unwrap();
+    fn upload(key_id: &str) -> KeyWrite {
+        upload_keys(&[key_id])
+    }
+
+    async fn store_in(dir: &tempfile::TempDir) -> SqlStore {
         let url = format!("sqlite://{}", dir.path().join("db").display());
-        let store = SqlStore::open(&StoreOptions {
+        SqlStore::open(&StoreOptions {
             url,
             max_connections: 2,
         })
         .await
-        .unwrap();
+        .unwrap()
+    }
+
+    /// An upload refused after its keys were inserted is refused alone, with nothing of it
+    /// kept; the uploads batched with it commit, and see each other's keys.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_refused_upload_leaves_its_batch_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
+        let (first, refused, last) = (
+            upload_keys(&["k1"]),
+            upload_keys(&["k2", "k1=changed"]),
+            upload_keys(&["k3", "k1"]),
+        );
+        // On a current-thread runtime all three are queued before the batching task runs, so
+        // they share one batch.
+        let (first, refused, last) = tokio::join!(
+            store.write_keys(&first),
+            store.write_keys(&refused),
+            store.write_keys(&last)
+        );
+        assert_eq!(first.unwrap().unwrap()["alg"], 1);
+        assert!(matches!(
+            refused.unwrap(),
+            Err(OneTimeKeyRefusal::Changed { .. })
+        ));
+        assert_eq!(last.unwrap().unwrap()["alg"], 2, "k1 was held, k3 is new");
+        let claims = vec![
+            KeyClaim {
+                user_id: user_id!("@alice:example.org").to_owned(),
+                device_id: device_id!("D1").to_owned(),
+                algorithm: "alg".into(),
+            };
+            3
+        ];
+        let claimed: Vec<_> = store
+            .claim_keys(&claims)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|key| key.map(|key| key.key.get().to_owned()))
+            .collect();
+        assert_eq!(
+            claimed,
+            [Some(r#""k1""#.into()), Some(r#""k3""#.into()), None],
+            "k2 was not kept"
+        );
+    }
+
+    /// A job that fails inside a batch fails alone; the jobs batched with it still commit.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_failing_job_does_not_fail_its_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(&dir).await;
         store
             .write
             .execute(

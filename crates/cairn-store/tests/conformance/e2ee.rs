@@ -132,11 +132,26 @@ pub(crate) async fn keys_are_written_and_read_back_exactly(h: &Harness) {
             .is_empty()
     );
 
-    // Writing only one-time keys leaves the opt-in and takes no position.
-    s.write_keys(&write(vec![key("other", "C", r#""c""#)], vec![]))
+    // Writing only one-time keys leaves the opt-in and takes no position. Every write returns
+    // the device's counts, also one without one-time keys.
+    let counts = s
+        .write_keys(&write(vec![key("other", "C", r#""c""#)], vec![]))
         .await
         .unwrap()
         .unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("other".into(), 2)]
+    );
+    let counts = s
+        .write_keys(&write(vec![], vec![key("alg", "F2", r#""f2""#)]))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        counts.into_iter().collect::<Vec<_>>(),
+        [("other".into(), 2)]
+    );
     assert_eq!(
         s.eager_share_fallback_keys(alice(), "D1".into())
             .await
