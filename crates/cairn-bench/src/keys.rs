@@ -214,7 +214,10 @@ async fn bench_backend(
                 o.requests,
                 move |i| {
                     let n = counter.fetch_add(1, Ordering::Relaxed);
-                    let device = n / uploads_per_device % t.len();
+                    // Round the devices: the uploads in flight come from different devices, as
+                    // on a real server, where a client uploads one batch at a time (uploads of
+                    // one device take turns). No device gets more than `uploads_per_device`.
+                    let device = n % t.len();
                     let otks: serde_json::Map<String, Value> = (0..OTKS_PER_UPLOAD)
                         .map(|k| {
                             (
