@@ -30,7 +30,8 @@ use rusqlite::OptionalExtension;
 use sqlx::AnyPool;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::e2ee::{self, raw_json};
+use crate::e2ee::raw_json;
+use crate::key_sql;
 use crate::{Backend, SQLITE_BUSY_TIMEOUT_MS, from_ms};
 
 /// Most requests committed together.
@@ -198,7 +199,7 @@ impl WriteBatcher {
     }
 
     /// Writes an upload, returning after the batch holding it has committed. Device keys and
-    /// owed announcements are not written here (see `e2ee::write_keys_in`).
+    /// owed announcements are not written here (see `key_sql::write_keys_in`).
     pub(crate) async fn write_keys(&self, write: KeyWrite) -> StoreResult<Written> {
         debug_assert!(write.device_keys.is_none() && !write.owes_update);
         let (reply, answer) = oneshot::channel();
@@ -313,7 +314,7 @@ fn run_job(conn: &rusqlite::Connection, job: &Job) -> Result<Output, Failure> {
 
 /// Takes the oldest one-time key of the claim, else marks the fallback key used and returns it.
 fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Option<UploadedKey>> {
-    let key = [e2ee::TAKE_ONE_TIME_KEY, e2ee::TAKE_FALLBACK_KEY]
+    let key = [key_sql::TAKE_ONE_TIME_KEY, key_sql::TAKE_FALLBACK_KEY]
         .into_iter()
         .find_map(|sql| {
             conn.prepare_cached(sql)
@@ -343,22 +344,22 @@ fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Optio
 }
 
 /// Writes an upload's one-time keys, fallback keys and opt-in (the same rows as
-/// `e2ee::write_keys_in`) and returns the device's counts.
+/// `key_sql::write_keys_in`) and returns the device's counts.
 ///
 /// The keys are inserted first, one statement each, and only those whose ID was taken are read
 /// back: the insert's own uniqueness check is the lookup, where a read of every named key
 /// beforehand cost as much again. The rule then sees what the device held, as in
-/// `e2ee::write_keys_in`; if it refuses, the inserts must be undone, which is
+/// `key_sql::write_keys_in`; if it refuses, the inserts must be undone, which is
 /// [`Failure::Refused`] (the batch is rolled back, and this job refused alone).
 fn write_keys(
     conn: &rusqlite::Connection,
     write: &KeyWrite,
 ) -> Result<BTreeMap<String, u64>, Failure> {
     static INSERT_ONE: LazyLock<String> =
-        LazyLock::new(|| e2ee::insert_one_time_keys_sql(Backend::Sqlite, 1));
+        LazyLock::new(|| key_sql::insert_one_time_keys_sql(Backend::Sqlite, 1));
     let (user, device) = (write.user_id.as_str(), write.device_id.as_str());
     let mut held = OneTimeKeysHeld::default();
-    let mut counts = conn.prepare_cached(e2ee::ONE_TIME_KEY_COUNTS)?;
+    let mut counts = conn.prepare_cached(key_sql::ONE_TIME_KEY_COUNTS)?;
     let mut rows = counts.query((user, device))?;
     while let Some(row) = rows.next()? {
         held.counts.insert(row.get(0)?, from_ms(row.get(1)?));
@@ -374,7 +375,7 @@ fn write_keys(
             continue;
         }
         let json: String = conn
-            .prepare_cached(e2ee::ONE_TIME_KEY)?
+            .prepare_cached(key_sql::ONE_TIME_KEY)?
             .query_row((user, device, algorithm, id), |row| row.get(0))?;
         held.existing.push(UploadedKey {
             algorithm: algorithm.to_owned(),
@@ -387,11 +388,11 @@ fn write_keys(
         .map_err(Failure::Refused)?
         .counts;
     for (algorithm, n) in inserted {
-        conn.prepare_cached(e2ee::ADD_ONE_TIME_KEY_COUNT)?
+        conn.prepare_cached(key_sql::ADD_ONE_TIME_KEY_COUNT)?
             .execute((user, device, algorithm, n))?;
     }
     for key in &write.fallback_keys {
-        conn.prepare_cached(e2ee::PUT_FALLBACK_KEY)?.execute((
+        conn.prepare_cached(key_sql::PUT_FALLBACK_KEY)?.execute((
             user,
             device,
             &key.algorithm,
@@ -400,7 +401,7 @@ fn write_keys(
         ))?;
     }
     if let Some(eager) = write.eager_share_fallback_keys {
-        conn.prepare_cached(e2ee::SET_EAGER_SHARE)?
+        conn.prepare_cached(key_sql::SET_EAGER_SHARE)?
             .execute((i64::from(eager), user, device))?;
     }
     Ok(counts)

@@ -19,6 +19,7 @@ mod device_lists;
 mod e2ee;
 mod federation;
 mod group_commit;
+mod key_sql;
 mod migrate;
 mod params;
 mod rooms;
