@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use crate::both_backends;
-use crate::harness::{Backend, TestServer, enc};
+use crate::harness::{Backend, Client, Session, TestServer, enc};
 
 both_backends!(acknowledged_writes_survive_kill_9);
 
@@ -26,6 +26,23 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
     )
     .await
     .ok();
+    // Key uploads and claims, group-committed on SQLite.
+    let upload = "/_matrix/client/v3/keys/upload";
+    let uploaded = c
+        .post(
+            upload,
+            Some(&login.token),
+            json!({
+                "one_time_keys": {
+                    "signed_curve25519:A": { "key": "a" },
+                    "signed_curve25519:B": { "key": "b" },
+                },
+            }),
+        )
+        .await
+        .ok();
+    assert_eq!(uploaded["one_time_key_counts"]["signed_curve25519"], 2);
+    assert_eq!(claim(&c, &login).await, ["signed_curve25519:A"]);
 
     server.kill_and_restart().await;
     let c = server.client();
@@ -42,4 +59,26 @@ async fn acknowledged_writes_survive_kill_9(backend: Backend) {
         .await
         .assert_error(401, "M_UNKNOWN_TOKEN");
     c.login("alice", "pw", None).await.ok();
+    let counts = c.post(upload, Some(&login.token), json!({})).await.ok();
+    assert_eq!(counts["one_time_key_counts"]["signed_curve25519"], 1);
+    assert_eq!(
+        claim(&c, &login).await,
+        ["signed_curve25519:B"],
+        "A was claimed before the kill"
+    );
+}
+
+/// Claims one key of the session's device; the IDs of what came back.
+async fn claim(c: &Client, login: &Session) -> Vec<String> {
+    let body = json!({ "one_time_keys": { &login.user_id: { "LAPTOP": "signed_curve25519" } } });
+    let claimed = c
+        .post("/_matrix/client/v3/keys/claim", Some(&login.token), body)
+        .await
+        .ok();
+    let keys = &claimed["one_time_keys"][&login.user_id]["LAPTOP"];
+    keys.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(id, _)| id.clone())
+        .collect()
 }
