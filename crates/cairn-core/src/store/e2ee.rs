@@ -43,7 +43,8 @@ pub struct StoredFallbackKey {
     pub used: bool,
 }
 
-/// What a `/keys/upload` writes, after the rules decided what actually changed.
+/// What a `/keys/upload` writes: device and fallback keys after the rules decided what changed,
+/// one-time keys as uploaded (decided inside the write, see [`KeyWrite::new_one_time_keys`]).
 #[derive(Debug, Clone)]
 pub struct KeyWrite {
     /// The uploading user.
