@@ -199,7 +199,7 @@ impl WriteBatcher {
     }
 
     /// Writes an upload, returning after the batch holding it has committed. Device keys and
-    /// owed announcements are not written here (see `key_sql::write_keys_in`).
+    /// owed announcements are not written here (see `e2ee::write_keys_in`).
     pub(crate) async fn write_keys(&self, write: KeyWrite) -> StoreResult<Written> {
         debug_assert!(write.device_keys.is_none() && !write.owes_update);
         let (reply, answer) = oneshot::channel();
@@ -306,50 +306,47 @@ fn run_job(conn: &rusqlite::Connection, job: &Job) -> Result<Output, Failure> {
             claims
                 .iter()
                 .map(|claim| claim_one(conn, claim))
-                .collect::<StoreResult<_>>()?,
+                .collect::<Result<_, _>>()?,
         )),
         Work::WriteKeys(write) => write_keys(conn, write).map(|counts| Output::Written(Ok(counts))),
     }
 }
 
 /// Takes the oldest one-time key of the claim, else marks the fallback key used and returns it.
-fn claim_one(conn: &rusqlite::Connection, claim: &KeyClaim) -> StoreResult<Option<UploadedKey>> {
-    let key = [key_sql::TAKE_ONE_TIME_KEY, key_sql::TAKE_FALLBACK_KEY]
-        .into_iter()
-        .find_map(|sql| {
-            conn.prepare_cached(sql)
-                .and_then(|mut take| {
-                    take.query_row(
-                        (
-                            claim.user_id.as_str(),
-                            claim.device_id.as_str(),
-                            &claim.algorithm,
-                        ),
-                        |row| Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?)),
-                    )
-                    .optional()
-                })
-                .transpose()
-        })
-        .transpose()
-        .map_err(sqlite_err)?;
-    key.map(|(algorithm, key_id, json)| {
-        Ok(UploadedKey {
-            algorithm,
-            key_id,
-            key: raw_json(json)?,
-        })
-    })
-    .transpose()
+fn claim_one(
+    conn: &rusqlite::Connection,
+    claim: &KeyClaim,
+) -> Result<Option<UploadedKey>, Failure> {
+    let params = (
+        claim.user_id.as_str(),
+        claim.device_id.as_str(),
+        &claim.algorithm,
+    );
+    for sql in [key_sql::TAKE_ONE_TIME_KEY, key_sql::TAKE_FALLBACK_KEY] {
+        let taken = conn
+            .prepare_cached(sql)?
+            .query_row(params, |row| {
+                Ok((row.get(0)?, row.get(1)?, row.get::<_, String>(2)?))
+            })
+            .optional()?;
+        if let Some((algorithm, key_id, json)) = taken {
+            return Ok(Some(UploadedKey {
+                algorithm,
+                key_id,
+                key: raw_json(json)?,
+            }));
+        }
+    }
+    Ok(None)
 }
 
 /// Writes an upload's one-time keys, fallback keys and opt-in (the same rows as
-/// `key_sql::write_keys_in`) and returns the device's counts.
+/// `e2ee::write_keys_in`) and returns the device's counts.
 ///
 /// The keys are inserted first, one statement each, and only those whose ID was taken are read
 /// back: the insert's own uniqueness check is the lookup, where a read of every named key
 /// beforehand cost as much again. The rule then sees what the device held, as in
-/// `key_sql::write_keys_in`; if it refuses, the inserts must be undone, which is
+/// `e2ee::write_keys_in`; if it refuses, the inserts must be undone, which is
 /// [`Failure::Refused`] (the batch is rolled back, and this job refused alone).
 fn write_keys(
     conn: &rusqlite::Connection,
